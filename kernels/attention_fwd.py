@@ -1,0 +1,354 @@
+"""Fused attention forward with a runtime softmax scale and optional online row entropy.
+
+Math, per (batch, head) and query row ``i``::
+
+    s_ij = scale * <q_i, k_j>            logits (natural units)
+    A_ij = softmax_j(s_ij)
+    o_i  = sum_j A_ij v_j
+    H_i  = -sum_j A_ij ln A_ij           attention entropy, nats (only if RETURN_ENTROPY)
+
+Numerics:
+
+* The logits are formed by ``tl.dot`` with fp32 accumulation and kept in base 2:
+  ``u_ij = s_ij * log2(e)`` (``log2(e)`` is folded into the scale once, so the loop uses ``exp2``).
+* Online softmax over key tiles keeps, per row, the running max ``m`` of ``u``, the running sum
+  ``l = sum_j 2^(u_ij - m)`` and, for the entropy, ``t = sum_j (u_ij - m) 2^(u_ij - m)``.
+  When the max grows from ``m`` to ``m'``, every term is rescaled by ``alpha = 2^(m - m')``:
+  ``l <- alpha l`` and ``t <- alpha (t + (m - m') l)`` (the shift ``m - m'`` re-centres ``t`` on the
+  new max). Keeping ``t`` relative to the running max is the design card's
+  ``H = m + ln l - t / l`` with ``t`` shifted by ``m``; it avoids the cancellation of two large
+  terms when the logits are large (fp16 with ``|s| ~ 1e4``). At the end ``H = ln l - ln(2) t / l``.
+* Padded key columns get ``u = -inf`` so that they add nothing to ``l``; their entropy term
+  ``(u - m) 2^(u - m)`` would be ``-inf * 0 = NaN``, so their ``u - m`` is zeroed first.
+* ``p = 2^(u - m)`` is rounded to the value dtype (fp16/bf16) for the ``P @ V`` product, as in
+  FlashAttention; the output accumulator, ``m``, ``l`` and ``t`` are fp32; the entropy uses the fp32
+  ``p``. fp32 inputs use IEEE fp32 dots unless the caller allows TF32.
+* Head dims that are not powers of two are zero-padded inside the tile (masked loads): zeros add
+  nothing to the dot products and padded output columns are never stored.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_HEAD_DIM = 256
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+_LOG2E = 1.4426950408889634  # log2(e) = 1 / ln(2)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _cuda_configs() -> list[triton.Config]:
+    shapes = [
+        (128, 64, 4, 3),
+        (128, 64, 8, 3),
+        (128, 64, 4, 4),
+        (128, 128, 8, 3),
+        (128, 32, 4, 4),
+        (64, 64, 4, 3),
+        (64, 64, 4, 4),
+        (64, 32, 4, 4),
+        (64, 128, 4, 3),
+    ]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n, w, s in shapes
+    ]
+
+
+def _interpreter_configs() -> list[triton.Config]:
+    # The interpreter runs each program in Python: one mid-size tile keeps it quick while sequences
+    # longer than a tile still exercise the online rescaling and the ragged last tile.
+    return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=1, num_stages=1)]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop tiles whose K/V pipeline would not fit in shared memory for wide heads."""
+    head_dim_pad = named_args.get("HEAD_DIM_PAD", kwargs.get("HEAD_DIM_PAD"))
+    seq_k = named_args["seq_k"]
+    kept = []
+    for config in configs:
+        block_n = config.kwargs["BLOCK_N"]
+        smem = 2 * (config.kwargs["BLOCK_M"] + 2 * block_n * config.num_stages) * head_dim_pad
+        if smem > 160 * 1024:
+            continue
+        if block_n > max(32, triton.next_power_of_2(seq_k)):
+            continue
+        kept.append(config)
+    return kept or configs[-1:]
+
+
+def _bucket(n: int) -> int:
+    """Power-of-two bucket of a sequence length: the autotuner key, so a new N rarely retunes."""
+    return triton.next_power_of_2(max(int(n), 16))
+
+
+@triton.jit
+def _attend_key_tile(
+    acc,
+    row_max,
+    row_sum,
+    row_ent,
+    q,
+    k_tile_ptrs,
+    v_tile_ptrs,
+    start_n,
+    seq_k,
+    qk_scale_log2,
+    offs_n,
+    offs_d,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    MASK_N: tl.constexpr,
+    RETURN_ENTROPY: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Fold one tile of keys/values into the running max, sum, entropy term and output."""
+    cols = start_n + offs_n
+    d_ok = offs_d < HEAD_DIM
+    if MASK_N:
+        k = tl.load(k_tile_ptrs, mask=d_ok[:, None] & (cols[None, :] < seq_k), other=0.0)
+    elif HEAD_DIM != HEAD_DIM_PAD:
+        k = tl.load(k_tile_ptrs, mask=d_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_tile_ptrs)
+    u = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale_log2
+    if MASK_N:
+        u = tl.where(cols[None, :] < seq_k, u, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(u, 1))
+    alpha = tl.math.exp2(row_max - new_max)
+    shifted = u - new_max[:, None]
+    p = tl.math.exp2(shifted)
+    if RETURN_ENTROPY:
+        if MASK_N:
+            terms = p * tl.where(cols[None, :] < seq_k, shifted, 0.0)
+        else:
+            terms = p * shifted
+        # Before the first tile row_sum is 0 and row_max is -inf: skip the shift (0 * -inf).
+        recentre = tl.where(row_sum > 0.0, (row_max - new_max) * row_sum, 0.0)
+        row_ent = alpha * (row_ent + recentre) + tl.sum(terms, 1)
+    row_sum = row_sum * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if MASK_N:
+        v = tl.load(v_tile_ptrs, mask=(cols[:, None] < seq_k) & d_ok[None, :], other=0.0)
+    elif HEAD_DIM != HEAD_DIM_PAD:
+        v = tl.load(v_tile_ptrs, mask=d_ok[None, :], other=0.0)
+    else:
+        v = tl.load(v_tile_ptrs)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, new_max, row_sum, row_ent
+
+
+@triton.autotune(
+    configs=_interpreter_configs() if interpreting() else _cuda_configs(),
+    key=["HEAD_DIM_PAD", "SEQ_Q_BUCKET", "SEQ_K_BUCKET", "RETURN_ENTROPY"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)
+@triton.jit(do_not_specialize=["seq_q", "seq_k", "SEQ_Q_BUCKET", "SEQ_K_BUCKET"])
+def _attention_fwd_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    Ent,
+    qk_scale_log2,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    heads,
+    seq_q,
+    seq_k,
+    SEQ_Q_BUCKET,
+    SEQ_K_BUCKET,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    RETURN_ENTROPY: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One program: BLOCK_M query rows of one (batch, head) against all keys, in key tiles."""
+    query_block = tl.program_id(0)
+    batch_head = tl.program_id(1)
+    batch = (batch_head // heads).to(tl.int64)
+    head = (batch_head % heads).to(tl.int64)
+
+    offs_m = query_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    row_ok = offs_m < seq_q
+    d_ok = offs_d < HEAD_DIM
+
+    q_ptrs = (
+        Q
+        + batch * stride_qb
+        + head * stride_qh
+        + offs_m[:, None] * stride_qm
+        + offs_d[None, :] * stride_qd
+    )
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_ptrs = (
+        K
+        + batch * stride_kb
+        + head * stride_kh
+        + offs_n[None, :] * stride_kn
+        + offs_d[:, None] * stride_kd
+    )
+    v_ptrs = (
+        V
+        + batch * stride_vb
+        + head * stride_vh
+        + offs_n[:, None] * stride_vn
+        + offs_d[None, :] * stride_vd
+    )
+
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    row_ent = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+
+    # Full key tiles need no column mask; the ragged last tile (if any) is handled once after.
+    full_end = (seq_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, full_end, BLOCK_N):
+        acc, row_max, row_sum, row_ent = _attend_key_tile(
+            acc,
+            row_max,
+            row_sum,
+            row_ent,
+            q,
+            k_ptrs + start_n * stride_kn,
+            v_ptrs + start_n * stride_vn,
+            start_n,
+            seq_k,
+            qk_scale_log2,
+            offs_n,
+            offs_d,
+            HEAD_DIM,
+            HEAD_DIM_PAD,
+            False,
+            RETURN_ENTROPY,
+            DOT_PRECISION,
+        )
+    if full_end < seq_k:
+        acc, row_max, row_sum, row_ent = _attend_key_tile(
+            acc,
+            row_max,
+            row_sum,
+            row_ent,
+            q,
+            k_ptrs + full_end * stride_kn,
+            v_ptrs + full_end * stride_vn,
+            full_end,
+            seq_k,
+            qk_scale_log2,
+            offs_n,
+            offs_d,
+            HEAD_DIM,
+            HEAD_DIM_PAD,
+            True,
+            RETURN_ENTROPY,
+            DOT_PRECISION,
+        )
+
+    out = acc / row_sum[:, None]
+    o_ptrs = (
+        Out
+        + batch * stride_ob
+        + head * stride_oh
+        + offs_m[:, None] * stride_om
+        + offs_d[None, :] * stride_od
+    )
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    if RETURN_ENTROPY:
+        entropy = tl.log(row_sum) - 0.6931471805599453 * (row_ent / row_sum)  # ln(2)
+        # Exact entropy is >= 0; rounding can leave -1e-7 on rows with one dominant logit.
+        entropy = tl.maximum(entropy, 0.0)
+        ent_ptrs = Ent + batch_head.to(tl.int64) * seq_q + offs_m
+        tl.store(ent_ptrs, entropy, mask=row_ok)
+
+
+def flash_attention_forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    return_entropy: bool = False,
+    allow_tf32: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the fused forward kernel. No validation: the op layer does it.
+
+    Args:
+        query: ``(batch, heads, seq_q, head_dim)``, any strides, fp16/bf16/fp32.
+        key, value: ``(batch, heads, seq_k, head_dim)``, same dtype and device as ``query``.
+        scale: softmax scale applied to ``query @ key^T`` (runtime value: no recompile per scale).
+        return_entropy: also compute the per-row attention entropy (nats) in the same pass.
+        allow_tf32: let fp32 inputs use TF32 tensor-core dots; ``False`` keeps IEEE fp32.
+
+    Returns:
+        ``(out, entropy)``: ``out`` has ``query``'s shape, dtype and memory layout; ``entropy`` is
+        a contiguous fp32 ``(batch, heads, seq_q)`` tensor, or ``None`` when not requested.
+    """
+    batch, heads, seq_q, head_dim = query.shape
+    seq_k = key.shape[2]
+    out = torch.empty_like(query)
+    entropy = (
+        torch.empty((batch, heads, seq_q), device=query.device, dtype=torch.float32)
+        if return_entropy
+        else None
+    )
+    if seq_q == 0 or batch * heads == 0:
+        return out, entropy
+    if query.dtype == torch.float32:
+        precision = "tf32" if allow_tf32 else "ieee"
+    else:
+        precision = "ieee"  # fp16/bf16 dots are exact products with fp32 accumulation anyway
+
+    def grid(meta):
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
+
+    _attention_fwd_kernel[grid](
+        query,
+        key,
+        value,
+        out,
+        entropy if entropy is not None else out,
+        float(scale) * _LOG2E,
+        *query.stride(),
+        *key.stride(),
+        *value.stride(),
+        *out.stride(),
+        heads,
+        seq_q,
+        seq_k,
+        _bucket(seq_q),
+        _bucket(seq_k),
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
+        RETURN_ENTROPY=bool(return_entropy),
+        DOT_PRECISION=precision,
+    )
+    return out, entropy
+
+
+__all__ = ["MAX_HEAD_DIM", "SUPPORTED_DTYPES", "flash_attention_forward", "interpreting"]

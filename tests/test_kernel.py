@@ -1,0 +1,205 @@
+"""Parity of the fused Triton kernel against the PyTorch oracle and an fp64 computation.
+
+On a machine without CUDA these run the real kernel through ``TRITON_INTERPRET=1`` (set in
+conftest). bf16 runs only on CUDA: the interpreter computes wrong bf16 numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import DEVICE, assert_close, max_err, randn
+
+import entropy_attn
+from entropy_attn.reference import attention_entropy
+
+ON_CUDA = DEVICE == "cuda"
+bf16_needs_cuda = pytest.mark.skipif(
+    not ON_CUDA, reason="bf16 parity is a GPU test: the Triton interpreter computes wrong bf16"
+)
+DTYPES = [
+    pytest.param(torch.float32, id="fp32"),
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(torch.bfloat16, id="bf16", marks=bf16_needs_cuda),
+]
+# Plain tolerances against the fp64 computation, per dtype (output and entropy).
+TOLERANCES = {
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+ENTROPY_TOL = dict(atol=5e-5, rtol=2e-5)
+# Slack added to "twice PyTorch's own error": about one unit in the last place at |x| ~ 1.
+ERROR_EPS = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def make_qkv(batch, heads, seq_q, seq_k, head_dim, dtype, generator, layout="contiguous"):
+    """Inputs in SDPA layout; "bshd" gives diffusers' (B, L, H, D) views, "strided_d" a head
+    dimension with stride 2 (neither needs a copy in the kernel)."""
+    if layout == "contiguous":
+        q = randn((batch, heads, seq_q, head_dim), dtype, generator)
+        k = randn((batch, heads, seq_k, head_dim), dtype, generator)
+        v = randn((batch, heads, seq_k, head_dim), dtype, generator)
+    elif layout == "bshd":
+        q = randn((batch, seq_q, heads, head_dim), dtype, generator).transpose(1, 2)
+        k = randn((batch, seq_k, heads, head_dim), dtype, generator).transpose(1, 2)
+        v = randn((batch, seq_k, heads, head_dim), dtype, generator).transpose(1, 2)
+    elif layout == "strided_d":
+        q = randn((batch, heads, seq_q, 2 * head_dim), dtype, generator)[..., ::2]
+        k = randn((batch, heads, seq_k, 2 * head_dim), dtype, generator)[..., 1::2]
+        v = randn((batch, seq_k, heads, head_dim), dtype, generator).transpose(1, 2)
+    else:
+        raise ValueError(layout)
+    return q, k, v
+
+
+def check_parity(q, k, v, scale, *, what):
+    out, ent = entropy_attn.attention(q, k, v, scale, return_entropy=True, backend="triton")
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert ent.dtype == torch.float32 and ent.shape == q.shape[:3]
+    assert torch.isfinite(out).all() and torch.isfinite(ent).all(), f"{what}: non-finite output"
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    out64 = F.scaled_dot_product_attention(q64, k64, v64, scale=scale)
+    ent64 = attention_entropy(q64, k64, scale)
+    out_torch = F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    # FlagAttention's rule: no worse than twice PyTorch's own same-dtype error, plus an epsilon.
+    kernel_err, torch_err = max_err(out, out64), max_err(out_torch, out64)
+    bound = 2 * torch_err + ERROR_EPS[q.dtype]
+    assert kernel_err <= bound, (
+        f"{what}: kernel err {kernel_err:.3e} > 2 * torch err {torch_err:.3e} + eps"
+    )
+    assert_close(out, out64, **TOLERANCES[q.dtype], what=f"{what} output")
+    assert_close(ent, ent64, **ENTROPY_TOL, what=f"{what} entropy")
+    # And against the package's own oracle (the torch backend), which users get off CUDA.
+    ref_out, ref_ent = entropy_attn.attention(q, k, v, scale, return_entropy=True, backend="torch")
+    assert_close(out, ref_out, **TOLERANCES[q.dtype], what=f"{what} vs oracle")
+    assert_close(ent, ref_ent, **ENTROPY_TOL, what=f"{what} entropy vs oracle")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [40, 64, 80, 96, 128, 160])
+@pytest.mark.parametrize("seq_q,seq_k", [(77, 77), (100, 333), (64, 77)])
+def test_parity_dtype_headdim(dtype, head_dim, seq_q, seq_k, generator):
+    q, k, v = make_qkv(2, 2, seq_q, seq_k, head_dim, dtype, generator)
+    check_parity(q, k, v, 1.0 / math.sqrt(head_dim), what=f"{dtype} d={head_dim}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["bshd", "strided_d"])
+@pytest.mark.parametrize("head_dim", [40, 64])
+def test_parity_strided_inputs(dtype, layout, head_dim, generator):
+    q, k, v = make_qkv(2, 3, 77, 333, head_dim, dtype, generator, layout=layout)
+    assert not q.is_contiguous()
+    check_parity(q, k, v, 0.11, what=f"{layout} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "seq_q,seq_k",
+    [(784, 784), (196, 196), (4001, 16), (49, 4001), (1, 1), (1, 77), (17, 1)],
+)
+def test_parity_odd_lengths(dtype, seq_q, seq_k, generator):
+    q, k, v = make_qkv(1, 2, seq_q, seq_k, 64, dtype, generator)
+    check_parity(q, k, v, 0.125, what=f"{dtype} Lq={seq_q} Lk={seq_k}")
+
+
+@pytest.mark.parametrize("head_dim", [16, 24, 200, 256])
+def test_parity_head_dims_up_to_256(head_dim, generator):
+    q, k, v = make_qkv(1, 1, 50, 90, head_dim, torch.float16, generator)
+    check_parity(q, k, v, head_dim**-0.5, what=f"d={head_dim}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [0.02, 0.125, 0.4])
+def test_runtime_scale(dtype, scale, generator):
+    """The scale is a runtime argument: several values through one compiled kernel."""
+    q, k, v = make_qkv(1, 2, 96, 130, 64, dtype, generator)
+    check_parity(q, k, v, scale, what=f"scale={scale}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_entropy_extremes(dtype, generator):
+    """Row 0 is uniform (q = 0: H = ln Lk exactly); the other rows have one dominant logit."""
+    seq_k, head_dim = 333, 64
+    k = randn((1, 1, seq_k, head_dim), dtype, generator)
+    v = randn((1, 1, seq_k, head_dim), dtype, generator)
+    q = torch.zeros((1, 1, 8, head_dim), dtype=dtype, device=DEVICE)
+    q[0, 0, 1:] = k[0, 0, [3, 50, 64, 65, 200, 300, 332]] * 8.0
+    out, ent = entropy_attn.attention(q, k, v, 1.0, return_entropy=True, backend="triton")
+    ent64 = attention_entropy(q.double(), k.double(), 1.0)
+    assert abs(ent[0, 0, 0].item() - math.log(seq_k)) < 1e-5, ent[0, 0, 0].item()
+    assert (ent[0, 0, 1:] < 1e-3).all(), ent
+    assert (ent >= 0).all()
+    assert_close(ent, ent64, atol=2e-5, rtol=1e-5, what="entropy extremes")
+    out64 = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=1.0)
+    assert_close(out, out64, **TOLERANCES[dtype], what="output extremes")
+
+
+def test_fp16_large_logits_are_finite(generator):
+    """|s| ~ 1e4 in fp16: no NaN or inf, and the numbers still match fp64."""
+    q = randn((1, 2, 77, 64), torch.float16, generator, scale=12.0)
+    k = randn((1, 2, 200, 64), torch.float16, generator, scale=12.0)
+    v = randn((1, 2, 200, 64), torch.float16, generator)
+    logits = (q.double() @ k.double().transpose(-1, -2)).abs().max().item()
+    assert logits > 5e3
+    out, ent = entropy_attn.attention(q, k, v, 1.0, return_entropy=True, backend="triton")
+    assert torch.isfinite(out).all() and torch.isfinite(ent).all()
+    out64 = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=1.0)
+    assert_close(out, out64, **TOLERANCES[torch.float16], what="large logits output")
+    ent64 = attention_entropy(q.double(), k.double(), 1.0)
+    # The dominant logit gap decides the entropy; fp32 logits of size 1e4 carry ~1e-3 absolute
+    # rounding, which sets this tolerance.
+    assert_close(ent, ent64, atol=5e-3, rtol=1e-3, what="large logits entropy")
+
+
+def test_output_keeps_query_layout(generator):
+    """A (B, L, H, D) view in gives a (B, L, H, D)-strided output: no copy to go back."""
+    q, k, v = make_qkv(2, 3, 40, 40, 32, torch.float32, generator, layout="bshd")
+    out = entropy_attn.attention(q, k, v, backend="triton")
+    assert out.stride() == q.stride()
+    assert out.transpose(1, 2).is_contiguous()
+
+
+def test_without_entropy_matches_with_entropy(generator):
+    q, k, v = make_qkv(1, 2, 77, 150, 80, torch.float16, generator)
+    plain = entropy_attn.attention(q, k, v, 0.2, backend="triton")
+    out, _ = entropy_attn.attention(q, k, v, 0.2, return_entropy=True, backend="triton")
+    assert torch.equal(plain, out)
+
+
+def test_kernel_and_op_agree_on_max_head_dim():
+    from entropy_attn import kernels, ops
+
+    assert kernels.MAX_HEAD_DIM == ops.MAX_HEAD_DIM
+
+
+def test_custom_op_opcheck(generator):
+    """The torch.library registration is consistent (fake impl, schema, dispatch)."""
+    q, k, v = make_qkv(1, 2, 33, 40, 16, torch.float32, generator)
+    from entropy_attn.ops import _attention_fwd
+
+    for return_entropy in (True, False):
+        torch.library.opcheck(
+            _attention_fwd,
+            (q, k, v, 0.25, return_entropy),
+            test_utils=("test_schema", "test_faketensor"),
+        )
+
+
+def test_torch_compile_traces_without_graph_break(generator):
+    q, k, v = make_qkv(1, 2, 33, 40, 16, torch.float32, generator)
+
+    def f(q, k, v):
+        out, ent = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend="triton")
+        return out * 2, ent.sum(-1)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    out, ent_sum = compiled(q, k, v)
+    ref_out, ref_ent = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend="torch")
+    assert_close(out, ref_out * 2, **TOLERANCES[torch.float32], what="compiled output")
+    assert_close(ent_sum, ref_ent.sum(-1), atol=1e-4, rtol=1e-5, what="compiled entropy")
