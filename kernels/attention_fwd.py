@@ -133,7 +133,7 @@ def _attend_key_tile(
         else:
             terms = p * shifted
         # Before the first tile row_sum is 0 and row_max is -inf: skip the shift (0 * -inf).
-        recentre = tl.where(row_sum > 0.0, (row_max - new_max) * row_sum, 0.0)
+        recentre = tl.where(row_sum > 0.0, row_max - new_max, 0.0) * row_sum
         row_ent = alpha * (row_ent + recentre) + tl.sum(terms, 1)
     row_sum = row_sum * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]

@@ -1,0 +1,536 @@
+"""diffusers integration: ``enable(pipe)`` / ``disable(pipe)`` / ``with enabled(pipe):``.
+
+Policy lives here: which attention layers get the entropy-preserving scale, and the training
+token count ``T`` of each layer. Every attention layer whose processor is a plain SDPA one is
+given an :class:`EntropyAttnProcessor` (so it runs on the fused kernel on CUDA); the selected
+layers (self-attention by default, as in the paper) use
+
+    lambda = base_scale * sqrt(ln N / ln T)      (= sqrt(log_T(N) / d) for base 1/sqrt(d))
+
+where ``N`` is the number of key tokens in the call and ``T`` the number the same layer receives
+at the training resolution, counted on the real architecture (see :mod:`entropy_attn.probe`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .ops import attention
+from .probe import attention_modules, probe_tokens, unwrap
+from .recording import EntropyRecorder
+from .reference import attention_reference
+
+LayerSelector = str | Callable[[str, torch.nn.Module], bool]
+
+# Processors whose math is plain scaled-dot-product attention over to_q/to_k/to_v: replacing them
+# changes nothing but the softmax scale. Others (IP-Adapter, custom) are never replaced silently.
+_PLAIN_PROCESSORS = frozenset(
+    {
+        "AttnProcessor",
+        "AttnProcessor2_0",
+        "AttnProcessorNPU",
+        "FusedAttnProcessor2_0",
+        "SlicedAttnProcessor",
+        "XFormersAttnProcessor",
+        "EntropyAttnProcessor",
+    }
+)
+_HANDLE_ATTR = "_entropy_attn_handle"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One attention layer at one image size.
+
+    ``n_tokens`` and ``train_tokens`` count keys (``N`` and ``T``); ``scale`` is the softmax scale
+    the layer uses at that size; ``changed`` says whether entropy-attn changes this layer's scale.
+    """
+
+    name: str
+    kind: str
+    heads: int
+    head_dim: int
+    query_tokens: int
+    n_tokens: int
+    train_tokens: int
+    scale: float
+    changed: bool
+
+
+def layer_scale(n_tokens: int, train_tokens: int, base_scale: float) -> float:
+    """``base_scale * sqrt(ln N / ln T)``; exactly ``base_scale`` when ``N == T`` or ``N == 1``.
+
+    With one key the softmax is 1 whatever the scale, so the base scale is kept there.
+    """
+    if n_tokens == train_tokens or n_tokens == 1:
+        return base_scale
+    if train_tokens <= 1:
+        raise ValueError(f"train_tokens must be > 1 to rescale, got {train_tokens}")
+    return base_scale * math.sqrt(math.log(n_tokens) / math.log(train_tokens))
+
+
+def _head_dim(attn) -> int:
+    return attn.to_k.out_features // attn.heads
+
+
+def _kind(attn) -> str:
+    return "cross" if attn.is_cross_attention else "self"
+
+
+class EntropyAttnProcessor:
+    """Attention processor for diffusers' ``Attention``: stock math, entropy-preserving scale.
+
+    It follows diffusers' ``AttnProcessor2_0`` step for step and changes only the attention call:
+    ``entropy_attn.attention`` with the layer's scale (the fused Triton kernel on CUDA). A call
+    with an ``attention_mask`` runs the PyTorch path with the mask and the same scale.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        train_tokens: int,
+        rescale: bool,
+        backend: str = "auto",
+        recorder: EntropyRecorder | None = None,
+    ) -> None:
+        self.name = name
+        self.train_tokens = int(train_tokens)
+        self.rescale = bool(rescale)
+        self.backend = backend
+        self.recorder = recorder
+
+    def scale_for(self, attn, n_tokens: int) -> float:
+        """The softmax scale for a call with ``n_tokens`` keys."""
+        if not self.rescale:
+            return attn.scale
+        return layer_scale(n_tokens, self.train_tokens, attn.scale)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(
+                attention_mask, sequence_length, batch_size
+            )
+            attention_mask = attention_mask.view(
+                batch_size, attn.heads, -1, attention_mask.shape[-1]
+            )
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        # (B, L, H, D) views in SDPA's (B, H, L, D) order: the kernel takes the strides as they are.
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        n_tokens = key.shape[2]
+        scale = self.scale_for(attn, n_tokens)
+        # SDPA's own default scale, passed as None, keeps stock numerics bit for bit.
+        call_scale = None if scale == head_dim**-0.5 else scale
+        record = self.recorder is not None
+        if attention_mask is None:
+            result = attention(
+                query, key, value, call_scale, return_entropy=record, backend=self.backend
+            )
+        else:
+            result = attention_reference(
+                query, key, value, call_scale, return_entropy=record, attn_mask=attention_mask
+            )
+        if record:
+            hidden_states, entropy = result
+            self.recorder.add(
+                entropy,
+                layer=self.name,
+                kind=_kind(attn),
+                heads=attn.heads,
+                head_dim=head_dim,
+                query_tokens=query.shape[2],
+                n_tokens=n_tokens,
+                train_tokens=self.train_tokens,
+                scale=scale,
+            )
+        else:
+            hidden_states = result
+
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(
+                batch_size, channel, height, width
+            )
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def __repr__(self) -> str:
+        return (
+            f"EntropyAttnProcessor({self.name!r}, train_tokens={self.train_tokens}, "
+            f"rescale={self.rescale}, backend={self.backend!r})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the denoiser, its training size and the layers to change
+
+
+def find_denoiser(pipe) -> torch.nn.Module:
+    """The denoiser of a pipeline (``pipe.unet``), or the model itself if given a model."""
+    if isinstance(pipe, torch.nn.Module):
+        if not hasattr(unwrap(pipe), "attn_processors"):
+            raise TypeError(
+                f"pipe must be a diffusers pipeline or denoiser with attention processors, got "
+                f"{type(pipe).__name__}"
+            )
+        return unwrap(pipe)
+    for attr in ("unet", "transformer"):
+        model = getattr(pipe, attr, None)
+        if isinstance(model, torch.nn.Module):
+            return find_denoiser(model)
+    raise TypeError(
+        f"pipe must be a diffusers pipeline with a `unet` (or a UNet2DConditionModel), got "
+        f"{type(pipe).__name__}"
+    )
+
+
+def _vae_scale_factor(pipe, override: int | None) -> int:
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, int) or override < 1:
+            raise ValueError(f"vae_scale_factor must be a positive int, got {override!r}")
+        return override
+    factor = getattr(pipe, "vae_scale_factor", None)
+    return int(factor) if isinstance(factor, int) and factor >= 1 else 8
+
+
+def _pixels_to_latent(size, factor: int, what: str) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    if (
+        not isinstance(size, tuple | list)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise ValueError(f"{what} must be (height, width) in pixels, positive ints; got {size!r}")
+    height, width = size
+    if height % factor or width % factor:
+        raise ValueError(
+            f"{what} {tuple(size)} must be a multiple of the VAE scale factor {factor} "
+            "(pixels per latent pixel)"
+        )
+    return height // factor, width // factor
+
+
+def training_latent_size(denoiser: torch.nn.Module) -> tuple[int, int]:
+    """The denoiser's training latent size from its config (``sample_size``)."""
+    sample_size = unwrap(denoiser).config.get("sample_size")
+    if isinstance(sample_size, int):
+        return sample_size, sample_size
+    if isinstance(sample_size, tuple | list) and len(sample_size) == 2:
+        return int(sample_size[0]), int(sample_size[1])
+    raise ValueError(
+        f"the denoiser config has no usable sample_size ({sample_size!r}); pass train_size="
+    )
+
+
+def _selector(layers: LayerSelector) -> Callable[[str, torch.nn.Module], bool]:
+    if layers == "self":
+        return lambda name, attn: not attn.is_cross_attention
+    if layers == "all":
+        return lambda name, attn: True
+    if callable(layers):
+        return layers
+    raise ValueError(
+        f"layers must be 'self', 'all' or a callable (name, module) -> bool, got {layers!r}"
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    denoiser: torch.nn.Module
+    train_latent: tuple[int, int]
+    factor: int
+    train_tokens: dict[str, int]
+    rescale: dict[str, bool]
+    plain: dict[str, bool]
+
+
+def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens) -> _Plan:
+    denoiser = find_denoiser(pipe)
+    factor = _vae_scale_factor(pipe, vae_scale_factor)
+    train_latent = (
+        training_latent_size(denoiser)
+        if train_size is None
+        else _pixels_to_latent(train_size, factor, "train_size")
+    )
+    select = _selector(layers)
+    modules = attention_modules(denoiser)
+    counts = probe_tokens(denoiser, train_latent, text_tokens=text_tokens)
+    missing = sorted(set(modules) - set(counts))
+    if missing:
+        raise RuntimeError(
+            f"attention layers {missing[:3]} did not run when counting tokens at the training "
+            "size; entropy-attn cannot work out their T"
+        )
+    return _Plan(
+        denoiser=denoiser,
+        train_latent=train_latent,
+        factor=factor,
+        train_tokens={name: counts[name].key_tokens for name in modules},
+        rescale={name: bool(select(name, module)) for name, module in modules.items()},
+        plain={
+            name: type(module.processor).__name__ in _PLAIN_PROCESSORS
+            for name, module in modules.items()
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+class EntropyAttnHandle:
+    """What :func:`enable` did to one denoiser; undo it with :meth:`disable`.
+
+    Attributes:
+        denoiser: the model whose processors were replaced.
+        original_processors: qualified layer name -> the processor object that was there before.
+        train_latent_size: ``(height, width)`` of the training latent used for ``T``.
+        recorder: the :class:`~entropy_attn.recording.EntropyRecorder`, or ``None``.
+    """
+
+    def __init__(self, denoiser, original_processors, train_latent_size, plan, recorder, hook):
+        self.denoiser = denoiser
+        self.original_processors = original_processors
+        self.train_latent_size = train_latent_size
+        self.train_tokens = dict(plan.train_tokens)
+        self.rescaled_layers = [name for name, on in plan.rescale.items() if on]
+        self.recorder = recorder
+        self._hook = hook
+
+    @property
+    def active(self) -> bool:
+        return getattr(self.denoiser, _HANDLE_ATTR, None) is self
+
+    def entropy_rows(self) -> list[dict]:
+        """Recorded entropy, one dict per (step, layer call): step, layer, kind, heads, head_dim,
+        query_tokens, n_tokens, train_tokens, scale, entropy (mean nats over batch, heads and
+        queries). Needs ``enable(..., record_entropy=True)``."""
+        return self._need_recorder().rows()
+
+    def entropy_dataframe(self):
+        """:meth:`entropy_rows` as a ``pandas.DataFrame`` (needs pandas)."""
+        return self._need_recorder().dataframe()
+
+    def reset_entropy(self) -> None:
+        """Forget recorded entropy and restart the step count (e.g. before a new generation)."""
+        self._need_recorder().reset()
+
+    def _need_recorder(self) -> EntropyRecorder:
+        if self.recorder is None:
+            raise RuntimeError("entropy was not recorded: use enable(pipe, record_entropy=True)")
+        return self.recorder
+
+    def disable(self) -> None:
+        """Put back the original processor objects (harmless if already done)."""
+        if not self.active:
+            return
+        modules = attention_modules(self.denoiser)
+        for name, processor in self.original_processors.items():
+            modules[name].set_processor(processor)
+        if self._hook is not None:
+            self._hook.remove()
+        delattr(self.denoiser, _HANDLE_ATTR)
+
+    def __repr__(self) -> str:
+        return (
+            f"EntropyAttnHandle({type(self.denoiser).__name__}, "
+            f"{len(self.original_processors)} processors replaced, "
+            f"{len(self.rescaled_layers)} rescaled, train latent {self.train_latent_size}, "
+            f"active={self.active})"
+        )
+
+
+def enable(
+    pipe,
+    *,
+    layers: LayerSelector = "self",
+    train_size: int | tuple[int, int] | None = None,
+    vae_scale_factor: int | None = None,
+    record_entropy: bool = False,
+    backend: str = "auto",
+    text_tokens: int = 77,
+) -> EntropyAttnHandle:
+    """Install entropy-attn processors on a pipeline's denoiser (or on a bare UNet).
+
+    Args:
+        pipe: a diffusers pipeline with a ``unet`` (``StableDiffusionPipeline``,
+            ``StableDiffusionXLPipeline``, ``LDMTextToImagePipeline``, ...) or the UNet itself
+            (``torch.compile``'d models are unwrapped).
+        layers: which layers get the entropy-preserving scale: ``"self"`` (self-attention only,
+            as in the paper), ``"all"``, or a callable ``(name, attention_module) -> bool``. The
+            other layers keep their scale but also run through the fused kernel.
+        train_size: training image size in **pixels**, ``(height, width)`` or one int; default
+            ``unet.config.sample_size * vae_scale_factor`` (512 for SD-2.1-base, 256 for
+            LDM-256, 1024 for SDXL).
+        vae_scale_factor: pixels per latent pixel; default ``pipe.vae_scale_factor``, or 8 for
+            a bare UNet.
+        record_entropy: record per step and layer the mean attention entropy, with N, T and
+            lambda (read with ``handle.entropy_rows()``).
+        backend: passed to :func:`entropy_attn.attention` (``"auto"``, ``"triton"``, ``"torch"``).
+        text_tokens: text sequence length used when counting tokens (77 for CLIP and LDMBert).
+
+    Returns:
+        An :class:`EntropyAttnHandle`. Calling ``enable`` again first undoes the earlier call,
+        then applies the new options, so ``disable`` still restores the processors that were
+        there before the first call.
+
+    Raises:
+        ValueError: a selected layer has a processor other than a plain SDPA one (for example an
+            IP-Adapter processor), which entropy-attn would otherwise drop; exclude it with
+            ``layers=``.
+    """
+    if not isinstance(record_entropy, bool):
+        raise TypeError(f"record_entropy must be a bool, got {type(record_entropy).__name__}")
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    denoiser = find_denoiser(pipe)
+    previous = getattr(denoiser, _HANDLE_ATTR, None)
+    if previous is not None:
+        previous.disable()
+    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens)
+    blocked = [name for name, on in plan.rescale.items() if on and not plan.plain[name]]
+    if blocked:
+        module = attention_modules(denoiser)[blocked[0]]
+        raise ValueError(
+            f"layers selects {blocked[0]!r}, whose processor {type(module.processor).__name__} "
+            "is not plain scaled-dot-product attention; entropy-attn would drop what it does. "
+            "Exclude such layers with layers=callable(name, module)."
+        )
+    recorder = EntropyRecorder() if record_entropy else None
+    modules = attention_modules(denoiser)
+    originals = {}
+    for name, module in modules.items():
+        if not plan.plain[name]:
+            continue
+        originals[name] = module.processor
+        module.set_processor(
+            EntropyAttnProcessor(
+                name,
+                train_tokens=plan.train_tokens[name],
+                rescale=plan.rescale[name],
+                backend=backend,
+                recorder=recorder,
+            )
+        )
+    hook = None if recorder is None else denoiser.register_forward_pre_hook(recorder.next_step)
+    handle = EntropyAttnHandle(denoiser, originals, plan.train_latent, plan, recorder, hook)
+    setattr(denoiser, _HANDLE_ATTR, handle)
+    return handle
+
+
+def disable(pipe) -> None:
+    """Restore the very processor objects ``enable`` replaced; harmless if never enabled."""
+    handle = getattr(find_denoiser(pipe), _HANDLE_ATTR, None)
+    if handle is not None:
+        handle.disable()
+
+
+@contextlib.contextmanager
+def enabled(pipe, **options) -> Iterator[EntropyAttnHandle]:
+    """``with enabled(pipe, **options) as handle:`` runs the block with entropy-attn on."""
+    handle = enable(pipe, **options)
+    try:
+        yield handle
+    finally:
+        handle.disable()
+
+
+def layer_table(
+    pipe,
+    size: int | tuple[int, int],
+    *,
+    layers: LayerSelector = "self",
+    train_size: int | tuple[int, int] | None = None,
+    vae_scale_factor: int | None = None,
+    text_tokens: int = 77,
+) -> list[LayerInfo]:
+    """Each attention layer at an image size, without running the model.
+
+    Args:
+        pipe: pipeline or denoiser, as for :func:`enable`.
+        size: image size in pixels, ``(height, width)`` or one int.
+        layers, train_size, vae_scale_factor, text_tokens: as for :func:`enable`.
+
+    Returns:
+        One :class:`LayerInfo` per attention layer, in module order: kind, heads, head dim,
+        N (keys at ``size``), T (keys at the training size) and the scale used at ``size``.
+    """
+    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens)
+    latent = _pixels_to_latent(size, plan.factor, "size")
+    counts = probe_tokens(plan.denoiser, latent, text_tokens=text_tokens)
+    rows = []
+    for name, attn in attention_modules(plan.denoiser).items():
+        n_tokens, train_tokens = counts[name].key_tokens, plan.train_tokens[name]
+        rescale = plan.rescale[name] and plan.plain[name]
+        rows.append(
+            LayerInfo(
+                name=name,
+                kind=_kind(attn),
+                heads=attn.heads,
+                head_dim=_head_dim(attn),
+                query_tokens=counts[name].query_tokens,
+                n_tokens=n_tokens,
+                train_tokens=train_tokens,
+                scale=layer_scale(n_tokens, train_tokens, attn.scale) if rescale else attn.scale,
+                changed=rescale and n_tokens != train_tokens and n_tokens > 1,
+            )
+        )
+    return rows
+
+
+__all__ = [
+    "EntropyAttnHandle",
+    "EntropyAttnProcessor",
+    "LayerInfo",
+    "disable",
+    "enable",
+    "enabled",
+    "find_denoiser",
+    "layer_scale",
+    "layer_table",
+    "training_latent_size",
+]

@@ -1,0 +1,188 @@
+"""Small pipelines with random weights, built offline: for the demo, tests and examples.
+
+They have the real pipeline classes and the real component types (UNet2DConditionModel,
+AutoencoderKL with 8x downsampling, CLIP text encoder or LDMBert, real tokenizers) at toy widths,
+so everything entropy-attn does to SD or LDM runs on them in seconds on a CPU. Their images are
+noise-like: the weights are random. The tokenizers are built from small vocab files written here
+(a byte-level BPE vocab without merges for CLIP; letters plus a few words for BERT).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+TEXT_TOKENS = 77
+_TINY_UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=(2, 4),
+    norm_num_groups=8,
+    cross_attention_dim=32,
+)
+_TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 16, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=128,
+)
+_WORDS = ["a", "an", "the", "photo", "of", "cat", "dog", "red", "blue", "car", "tree", "house"]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable character map (as in OpenAI's CLIP tokenizer)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+def tiny_clip_tokenizer():
+    """A CLIPTokenizer over single bytes (no merges): 2 * 256 byte tokens + start/end."""
+    from transformers import CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(
+            str(Path(folder) / "vocab.json"),
+            str(Path(folder) / "merges.txt"),
+            model_max_length=TEXT_TOKENS,
+        )
+
+
+def tiny_bert_tokenizer():
+    """A BertTokenizer over letters, digits and a few words."""
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = list("abcdefghijklmnopqrstuvwxyz0123456789") + [
+        f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "vocab.txt"
+        path.write_text("\n".join(specials + pieces + _WORDS) + "\n")
+        return BertTokenizer(str(path), model_max_length=TEXT_TOKENS)
+
+
+def _scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def tiny_sd_pipeline(seed: int = 0):
+    """A ``StableDiffusionPipeline`` at toy width: latent 16x16 at its 128 px training size.
+
+    UNet: two levels with self- and cross-attention (heads 2 and 4, head dim 16), so the
+    training token counts are T = 256 and 64. Random weights, seeded.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**_TINY_UNET)
+        vae = AutoencoderKL(**_TINY_VAE)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=TEXT_TOKENS,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_ldm_pipeline(seed: int = 0):
+    """An ``LDMTextToImagePipeline`` at toy width: LDMBert text encoder, latent 16x16 at 128 px."""
+    from diffusers import AutoencoderKL, LDMTextToImagePipeline, UNet2DConditionModel
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (
+        LDMBertConfig,
+        LDMBertModel,
+    )
+
+    tokenizer = tiny_bert_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**_TINY_UNET)
+        vqvae = AutoencoderKL(**_TINY_VAE)
+        bert = LDMBertModel(
+            LDMBertConfig(
+                vocab_size=len(tokenizer),
+                max_position_embeddings=TEXT_TOKENS,
+                encoder_layers=2,
+                encoder_ffn_dim=64,
+                encoder_attention_heads=4,
+                head_dim=8,
+                d_model=32,
+            )
+        )
+    pipe = LDMTextToImagePipeline(
+        vqvae=vqvae, bert=bert.eval(), tokenizer=tokenizer, unet=unet.eval(), scheduler=_scheduler()
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TINY_PIPELINES = {"tiny-sd": tiny_sd_pipeline, "tiny-ldm": tiny_ldm_pipeline}
+
+__all__ = [
+    "TINY_PIPELINES",
+    "tiny_bert_tokenizer",
+    "tiny_clip_tokenizer",
+    "tiny_ldm_pipeline",
+    "tiny_sd_pipeline",
+]
