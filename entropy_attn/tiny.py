@@ -177,7 +177,61 @@ def tiny_ldm_pipeline(seed: int = 0):
     return pipe
 
 
-TINY_PIPELINES = {"tiny-sd": tiny_sd_pipeline, "tiny-ldm": tiny_ldm_pipeline}
+def tiny_sdxl_pipeline(seed: int = 0):
+    """A ``StableDiffusionXLPipeline`` at toy width: two CLIP text encoders, size conditioning,
+    and, as in SDXL, no attention at the top level: self-attention only at the 8x8 level of its
+    16x16 training latent (128 px), with 1 and 2 transformer layers per block."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = tiny_clip_tokenizer()
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TEXT_TOKENS,
+        projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    unet_config = dict(
+        _TINY_UNET,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=64,  # the two encoders' hidden states, concatenated
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,  # pooled text + 6 size/crop ids
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**_TINY_VAE)
+        text_encoder = CLIPTextModel(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tiny_clip_tokenizer(),
+        unet=unet.eval(),
+        scheduler=_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TINY_PIPELINES = {
+    "tiny-sd": tiny_sd_pipeline,
+    "tiny-ldm": tiny_ldm_pipeline,
+    "tiny-sdxl": tiny_sdxl_pipeline,
+}
 
 __all__ = [
     "TINY_PIPELINES",
@@ -185,4 +239,5 @@ __all__ = [
     "tiny_clip_tokenizer",
     "tiny_ldm_pipeline",
     "tiny_sd_pipeline",
+    "tiny_sdxl_pipeline",
 ]
