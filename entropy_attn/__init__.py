@@ -5,21 +5,14 @@ Jin et al., "Training-free Diffusion Model Adaptation for Variable-Sized Text-to
 ``sqrt(log_T(N) / d)``.
 
     import entropy_attn
-    entropy_attn.enable(pipe)      # pipe: a diffusers pipeline (SD, SDXL, LDM) or its UNet
+    entropy_attn.enable(pipe)      # SD 1.x/2.x, SDXL, LDM, PixArt, SD3, FLUX, or the denoiser
     image = pipe(prompt, height=768, width=768).images[0]
     entropy_attn.disable(pipe)
 """
 
-from .integration import (
-    EntropyAttnHandle,
-    EntropyAttnProcessor,
-    LayerInfo,
-    disable,
-    enable,
-    enabled,
-    layer_table,
-)
+from .integration import EntropyAttnHandle, LayerInfo, disable, enable, enabled, layer_table
 from .ops import attention
+from .processors import EntropyAttnProcessor, EntropyFluxAttnProcessor, EntropyJointAttnProcessor
 from .reference import attention_entropy, attention_reference
 from .scale import log_scale
 
@@ -28,6 +21,8 @@ __version__ = "0.1.0"
 __all__ = [
     "EntropyAttnHandle",
     "EntropyAttnProcessor",
+    "EntropyFluxAttnProcessor",
+    "EntropyJointAttnProcessor",
     "LayerInfo",
     "__version__",
     "attention",

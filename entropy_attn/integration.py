@@ -1,9 +1,10 @@
 """diffusers integration: ``enable(pipe)`` / ``disable(pipe)`` / ``with enabled(pipe):``.
 
 Policy lives here: which attention layers get the entropy-preserving scale, and the training
-token count ``T`` of each layer. Every attention layer whose processor is a plain SDPA one is
-given an :class:`EntropyAttnProcessor` (so it runs on the fused kernel on CUDA); the selected
-layers (self-attention by default, as in the paper) use
+token count ``T`` of each layer. Every attention layer whose processor is a stock one that
+entropy-attn reproduces (see :mod:`entropy_attn.processors`) gets the matching entropy-attn
+processor (so it runs on the fused kernel on CUDA); the selected layers (self- and joint
+attention by default: every layer whose keys are image tokens, as in the paper) use
 
     lambda = base_scale * sqrt(ln N / ln T)      (= sqrt(log_T(N) / d) for base 1/sqrt(d))
 
@@ -14,32 +15,24 @@ at the training resolution, counted on the real architecture (see :mod:`entropy_
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from .ops import attention
-from .probe import attention_modules, probe_tokens, unwrap
+from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
+from .processors import (
+    EntropyAttnProcessor,
+    base_scale_of,
+    head_dim_of,
+    kind_of,
+    layer_scale,
+    replacement_for,
+)
 from .recording import EntropyRecorder
-from .reference import attention_reference
 
 LayerSelector = str | Callable[[str, torch.nn.Module], bool]
 
-# Processors whose math is plain scaled-dot-product attention over to_q/to_k/to_v: replacing them
-# changes nothing but the softmax scale. Others (IP-Adapter, custom) are never replaced silently.
-_PLAIN_PROCESSORS = frozenset(
-    {
-        "AttnProcessor",
-        "AttnProcessor2_0",
-        "AttnProcessorNPU",
-        "FusedAttnProcessor2_0",
-        "SlicedAttnProcessor",
-        "XFormersAttnProcessor",
-        "EntropyAttnProcessor",
-    }
-)
 _HANDLE_ATTR = "_entropy_attn_handle"
 
 
@@ -62,148 +55,6 @@ class LayerInfo:
     changed: bool
 
 
-def layer_scale(n_tokens: int, train_tokens: int, base_scale: float) -> float:
-    """``base_scale * sqrt(ln N / ln T)``; exactly ``base_scale`` when ``N == T`` or ``N == 1``.
-
-    With one key the softmax is 1 whatever the scale, so the base scale is kept there.
-    """
-    if n_tokens == train_tokens or n_tokens == 1:
-        return base_scale
-    if train_tokens <= 1:
-        raise ValueError(f"train_tokens must be > 1 to rescale, got {train_tokens}")
-    return base_scale * math.sqrt(math.log(n_tokens) / math.log(train_tokens))
-
-
-def _head_dim(attn) -> int:
-    return attn.to_k.out_features // attn.heads
-
-
-def _kind(attn) -> str:
-    return "cross" if attn.is_cross_attention else "self"
-
-
-class EntropyAttnProcessor:
-    """Attention processor for diffusers' ``Attention``: stock math, entropy-preserving scale.
-
-    It follows diffusers' ``AttnProcessor2_0`` step for step and changes only the attention call:
-    ``entropy_attn.attention`` with the layer's scale (the fused Triton kernel on CUDA). A call
-    with an ``attention_mask`` runs the PyTorch path with the mask and the same scale.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        train_tokens: int,
-        rescale: bool,
-        backend: str = "auto",
-        recorder: EntropyRecorder | None = None,
-    ) -> None:
-        self.name = name
-        self.train_tokens = int(train_tokens)
-        self.rescale = bool(rescale)
-        self.backend = backend
-        self.recorder = recorder
-
-    def scale_for(self, attn, n_tokens: int) -> float:
-        """The softmax scale for a call with ``n_tokens`` keys."""
-        if not self.rescale:
-            return attn.scale
-        return layer_scale(n_tokens, self.train_tokens, attn.scale)
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(
-                attention_mask, sequence_length, batch_size
-            )
-            attention_mask = attention_mask.view(
-                batch_size, attn.heads, -1, attention_mask.shape[-1]
-            )
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        # (B, L, H, D) views in SDPA's (B, H, L, D) order: the kernel takes the strides as they are.
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        n_tokens = key.shape[2]
-        scale = self.scale_for(attn, n_tokens)
-        # SDPA's own default scale, passed as None, keeps stock numerics bit for bit.
-        call_scale = None if scale == head_dim**-0.5 else scale
-        record = self.recorder is not None
-        if attention_mask is None:
-            result = attention(
-                query, key, value, call_scale, return_entropy=record, backend=self.backend
-            )
-        else:
-            result = attention_reference(
-                query, key, value, call_scale, return_entropy=record, attn_mask=attention_mask
-            )
-        if record:
-            hidden_states, entropy = result
-            self.recorder.add(
-                entropy,
-                layer=self.name,
-                kind=_kind(attn),
-                heads=attn.heads,
-                head_dim=head_dim,
-                query_tokens=query.shape[2],
-                n_tokens=n_tokens,
-                train_tokens=self.train_tokens,
-                scale=scale,
-            )
-        else:
-            hidden_states = result
-
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(
-                batch_size, channel, height, width
-            )
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-    def __repr__(self) -> str:
-        return (
-            f"EntropyAttnProcessor({self.name!r}, train_tokens={self.train_tokens}, "
-            f"rescale={self.rescale}, backend={self.backend!r})"
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # Finding the denoiser, its training size and the layers to change
 
@@ -222,8 +73,8 @@ def find_denoiser(pipe) -> torch.nn.Module:
         if isinstance(model, torch.nn.Module):
             return find_denoiser(model)
     raise TypeError(
-        f"pipe must be a diffusers pipeline with a `unet` (or a UNet2DConditionModel), got "
-        f"{type(pipe).__name__}"
+        f"pipe must be a diffusers pipeline with a `unet` or `transformer` (or that model "
+        f"itself), got {type(pipe).__name__}"
     )
 
 
@@ -254,9 +105,19 @@ def _pixels_to_latent(size, factor: int, what: str) -> tuple[int, int]:
     return height // factor, width // factor
 
 
-def training_latent_size(denoiser: torch.nn.Module) -> tuple[int, int]:
-    """The denoiser's training latent size from its config (``sample_size``)."""
-    sample_size = unwrap(denoiser).config.get("sample_size")
+# Denoisers whose config has no sample_size: the training latent their pipelines default to.
+_DEFAULT_SAMPLE_SIZE = {"FluxTransformer2DModel": 128}  # FluxPipeline.default_sample_size
+
+
+def training_latent_size(denoiser: torch.nn.Module, pipe=None) -> tuple[int, int]:
+    """The denoiser's training latent size: ``config.sample_size``, else the pipeline's
+    ``default_sample_size`` (FLUX: 128, i.e. 1024 px)."""
+    model = unwrap(denoiser)
+    sample_size = model.config.get("sample_size")
+    if sample_size is None:
+        sample_size = getattr(pipe, "default_sample_size", None)
+    if sample_size is None:
+        sample_size = _DEFAULT_SAMPLE_SIZE.get(type(model).__name__)
     if isinstance(sample_size, int):
         return sample_size, sample_size
     if isinstance(sample_size, tuple | list) and len(sample_size) == 2:
@@ -268,7 +129,7 @@ def training_latent_size(denoiser: torch.nn.Module) -> tuple[int, int]:
 
 def _selector(layers: LayerSelector) -> Callable[[str, torch.nn.Module], bool]:
     if layers == "self":
-        return lambda name, attn: not attn.is_cross_attention
+        return lambda name, attn: kind_of(attn) != "cross"
     if layers == "all":
         return lambda name, attn: True
     if callable(layers):
@@ -286,13 +147,18 @@ class _Plan:
     train_tokens: dict[str, int]
     rescale: dict[str, bool]
     plain: dict[str, bool]
+    text_tokens: int
 
 
 def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens) -> _Plan:
     denoiser = find_denoiser(pipe)
     factor = _vae_scale_factor(pipe, vae_scale_factor)
+    if text_tokens is None:
+        text_tokens = default_text_tokens(denoiser, pipe)
+    elif isinstance(text_tokens, bool) or not isinstance(text_tokens, int) or text_tokens < 1:
+        raise ValueError(f"text_tokens must be a positive int or None, got {text_tokens!r}")
     train_latent = (
-        training_latent_size(denoiser)
+        training_latent_size(denoiser, pipe)
         if train_size is None
         else _pixels_to_latent(train_size, factor, "train_size")
     )
@@ -312,9 +178,9 @@ def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens) -> _Plan:
         train_tokens={name: counts[name].key_tokens for name in modules},
         rescale={name: bool(select(name, module)) for name, module in modules.items()},
         plain={
-            name: type(module.processor).__name__ in _PLAIN_PROCESSORS
-            for name, module in modules.items()
+            name: replacement_for(module.processor) is not None for name, module in modules.items()
         },
+        text_tokens=text_tokens,
     )
 
 
@@ -392,7 +258,7 @@ def enable(
     vae_scale_factor: int | None = None,
     record_entropy: bool = False,
     backend: str = "auto",
-    text_tokens: int = 77,
+    text_tokens: int | None = None,
 ) -> EntropyAttnHandle:
     """Install entropy-attn processors on a pipeline's denoiser (or on a bare UNet).
 
@@ -411,7 +277,10 @@ def enable(
         record_entropy: record per step and layer the mean attention entropy, with N, T and
             lambda (read with ``handle.entropy_rows()``).
         backend: passed to :func:`entropy_attn.attention` (``"auto"``, ``"triton"``, ``"torch"``).
-        text_tokens: text sequence length used when counting tokens (77 for CLIP and LDMBert).
+        text_tokens: text sequence length assumed when counting tokens at the training size;
+            default per model family: 77 for UNets (CLIP, LDMBert), 333 for SD3 (77 CLIP + 256
+            T5), 512 for FLUX, 120 for PixArt-alpha and 300 for PixArt-Sigma. It matters for
+            joint attention, where text tokens are keys too.
 
     Returns:
         An :class:`EntropyAttnHandle`. Calling ``enable`` again first undoes the earlier call,
@@ -448,7 +317,7 @@ def enable(
             continue
         originals[name] = module.processor
         module.set_processor(
-            EntropyAttnProcessor(
+            replacement_for(module.processor)(
                 name,
                 train_tokens=plan.train_tokens[name],
                 rescale=plan.rescale[name],
@@ -486,7 +355,7 @@ def layer_table(
     layers: LayerSelector = "self",
     train_size: int | tuple[int, int] | None = None,
     vae_scale_factor: int | None = None,
-    text_tokens: int = 77,
+    text_tokens: int | None = None,
 ) -> list[LayerInfo]:
     """Each attention layer at an image size, without running the model.
 
@@ -501,21 +370,22 @@ def layer_table(
     """
     plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens)
     latent = _pixels_to_latent(size, plan.factor, "size")
-    counts = probe_tokens(plan.denoiser, latent, text_tokens=text_tokens)
+    counts = probe_tokens(plan.denoiser, latent, text_tokens=plan.text_tokens)
     rows = []
     for name, attn in attention_modules(plan.denoiser).items():
         n_tokens, train_tokens = counts[name].key_tokens, plan.train_tokens[name]
         rescale = plan.rescale[name] and plan.plain[name]
+        base = base_scale_of(attn)
         rows.append(
             LayerInfo(
                 name=name,
-                kind=_kind(attn),
+                kind=kind_of(attn),
                 heads=attn.heads,
-                head_dim=_head_dim(attn),
+                head_dim=head_dim_of(attn),
                 query_tokens=counts[name].query_tokens,
                 n_tokens=n_tokens,
                 train_tokens=train_tokens,
-                scale=layer_scale(n_tokens, train_tokens, attn.scale) if rescale else attn.scale,
+                scale=layer_scale(n_tokens, train_tokens, base) if rescale else base,
                 changed=rescale and n_tokens != train_tokens and n_tokens > 1,
             )
         )

@@ -31,13 +31,20 @@ def unwrap(denoiser: torch.nn.Module) -> torch.nn.Module:
 
 
 def attention_modules(denoiser: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Qualified name -> diffusers ``Attention`` module, in module order."""
+    """Qualified name -> diffusers attention module (``Attention``, ``FluxAttention``, ...)."""
     from diffusers.models.attention_processor import Attention
 
+    kinds: tuple[type, ...] = (Attention,)
+    try:
+        from diffusers.models.attention import AttentionModuleMixin
+
+        kinds += (AttentionModuleMixin,)
+    except ImportError:  # diffusers before the attention-module refactor
+        pass
     return {
         name: module
         for name, module in unwrap(denoiser).named_modules()
-        if isinstance(module, Attention)
+        if isinstance(module, kinds)
     }
 
 
@@ -72,7 +79,66 @@ def _unet_inputs(config, height: int, width: int, text_tokens: int) -> dict:
     return inputs
 
 
-_INPUT_BUILDERS = {"UNet2DConditionModel": _unet_inputs}
+def _sd3_inputs(config, height: int, width: int, text_tokens: int) -> dict:
+    meta = {"device": "meta"}
+    return {
+        "hidden_states": torch.empty(1, config["in_channels"], height, width, **meta),
+        "encoder_hidden_states": torch.empty(1, text_tokens, config["joint_attention_dim"], **meta),
+        "pooled_projections": torch.empty(1, config["pooled_projection_dim"], **meta),
+        "timestep": torch.ones(1, **meta),
+    }
+
+
+def _flux_inputs(config, height: int, width: int, text_tokens: int) -> dict:
+    # FLUX packs 2x2 latent patches into one token: (h/2) * (w/2) image tokens.
+    meta = {"device": "meta"}
+    tokens = (height // 2) * (width // 2)
+    inputs = {
+        "hidden_states": torch.empty(1, tokens, config["in_channels"], **meta),
+        "encoder_hidden_states": torch.empty(1, text_tokens, config["joint_attention_dim"], **meta),
+        "pooled_projections": torch.empty(1, config["pooled_projection_dim"], **meta),
+        "timestep": torch.ones(1, **meta),
+        "img_ids": torch.empty(tokens, 3, **meta),
+        "txt_ids": torch.empty(text_tokens, 3, **meta),
+    }
+    if config.get("guidance_embeds"):
+        inputs["guidance"] = torch.ones(1, **meta)
+    return inputs
+
+
+def _pixart_inputs(config, height: int, width: int, text_tokens: int) -> dict:
+    meta = {"device": "meta"}
+    return {
+        "hidden_states": torch.empty(1, config["in_channels"], height, width, **meta),
+        "encoder_hidden_states": torch.empty(1, text_tokens, config["caption_channels"], **meta),
+        "timestep": torch.ones(1, **meta),
+        "added_cond_kwargs": {
+            "resolution": torch.empty(1, 2, **meta),
+            "aspect_ratio": torch.empty(1, 1, **meta),
+        },
+    }
+
+
+_INPUT_BUILDERS = {
+    "UNet2DConditionModel": _unet_inputs,
+    "SD3Transformer2DModel": _sd3_inputs,
+    "FluxTransformer2DModel": _flux_inputs,
+    "PixArtTransformer2DModel": _pixart_inputs,
+}
+# Text tokens each family's pipelines feed the denoiser by default.
+_TEXT_TOKENS = {
+    "UNet2DConditionModel": 77,  # CLIP / LDMBert
+    "SD3Transformer2DModel": 333,  # 77 CLIP + 256 T5 (max_sequence_length)
+    "FluxTransformer2DModel": 512,  # T5, FLUX.1-dev's max_sequence_length
+    "PixArtTransformer2DModel": 120,  # PixArt-alpha; PixArt-Sigma pipelines use 300
+}
+
+
+def default_text_tokens(denoiser: torch.nn.Module, pipe=None) -> int:
+    """Text tokens the denoiser sees by default in its pipeline (see ``_TEXT_TOKENS``)."""
+    if type(pipe).__name__ == "PixArtSigmaPipeline":
+        return 300
+    return _TEXT_TOKENS.get(type(unwrap(denoiser)).__name__, 77)
 
 
 @functools.lru_cache(maxsize=256)
@@ -96,7 +162,13 @@ def _probe(cls_name: str, config_json: str, height: int, width: int, text_tokens
             if context is None and len(args) > 1:
                 context = args[1]
             queries = hidden.shape[1] if hidden.dim() == 3 else hidden.shape[2] * hidden.shape[3]
-            keys = queries if context is None else context.shape[1]
+            if context is None:
+                keys = queries
+            elif getattr(module, "add_k_proj", None) is not None:
+                # Joint attention (SD3, FLUX double blocks): image and text tokens attend together.
+                queries = keys = queries + context.shape[1]
+            else:
+                keys = context.shape[1]
             seen.setdefault(name, LayerTokens(int(queries), int(keys)))
 
         return hook
@@ -116,7 +188,8 @@ def probe_tokens(
     Args:
         denoiser: a diffusers denoiser (e.g. ``UNet2DConditionModel``); only its config is used.
         latent_size: ``(height, width)`` of the latent, in latent pixels.
-        text_tokens: length of the text-encoder sequence (77 for CLIP and LDMBert).
+        text_tokens: length of the text-encoder sequence (77 for CLIP and LDMBert; see
+            :func:`default_text_tokens`).
 
     Returns:
         qualified module name -> :class:`LayerTokens`, for every attention module that runs.
@@ -129,4 +202,4 @@ def probe_tokens(
     return dict(_probe(type(model).__name__, config_json, height, width, int(text_tokens)))
 
 
-__all__ = ["LayerTokens", "attention_modules", "probe_tokens", "unwrap"]
+__all__ = ["LayerTokens", "attention_modules", "default_text_tokens", "probe_tokens", "unwrap"]

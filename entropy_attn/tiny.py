@@ -112,26 +112,14 @@ def tiny_sd_pipeline(seed: int = 0):
     training token counts are T = 256 and 64. Random weights, seeded.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**_TINY_UNET)
         vae = AutoencoderKL(**_TINY_VAE)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=TEXT_TOKENS,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder.eval(),
@@ -182,21 +170,10 @@ def tiny_sdxl_pipeline(seed: int = 0):
     and, as in SDXL, no attention at the top level: self-attention only at the 8x8 level of its
     16x16 training latent (128 px), with 1 and 2 transformer layers per block."""
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = tiny_clip_tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=TEXT_TOKENS,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text_config = _tiny_clip_config(tokenizer, projection_dim=32)
     unet_config = dict(
         _TINY_UNET,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -227,17 +204,183 @@ def tiny_sdxl_pipeline(seed: int = 0):
     return pipe
 
 
+def _tiny_clip_config(tokenizer, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TEXT_TOKENS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def _tiny_t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def tiny_sd3_pipeline(seed: int = 0):
+    """A ``StableDiffusion3Pipeline`` at toy width: joint attention over image and text tokens
+    (latent 16x16 at 128 px, patch 2: 64 image tokens; 77 CLIP tokens + ``max_sequence_length``
+    T5 tokens). The byte-level CLIP tokenizer stands in for T5's."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = tiny_clip_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=16,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            caption_projection_dim=32,
+            joint_attention_dim=32,
+            pooled_projection_dim=64,
+            out_channels=16,
+            pos_embed_max_size=32,
+        )
+        vae = AutoencoderKL(**dict(_TINY_VAE, latent_channels=16, shift_factor=0.06))
+        text_encoder = CLIPTextModelWithProjection(_tiny_clip_config(tokenizer, projection_dim=32))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            _tiny_clip_config(tokenizer, projection_dim=32)
+        )
+        text_encoder_3 = _tiny_t5(len(tokenizer))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer_2=tiny_clip_tokenizer(),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tiny_clip_tokenizer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux_pipeline(seed: int = 0):
+    """A ``FluxPipeline`` at toy width: one double- and one single-stream block with rotary
+    embeddings; 2x2-packed latent tokens plus ``max_sequence_length`` T5 tokens."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            axes_dims_rope=[4, 4, 8],
+        )
+        vae = AutoencoderKL(**dict(_TINY_VAE, shift_factor=0.1, scaling_factor=0.36))
+        text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
+        text_encoder_2 = _tiny_t5(len(tokenizer))
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tiny_clip_tokenizer(),
+        transformer=transformer.eval(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pixart_pipeline(seed: int = 0):
+    """A ``PixArtAlphaPipeline`` at toy width: self-attention over 8x8 patches of its 16x16
+    training latent (128 px) and cross-attention to T5 tokens."""
+    from diffusers import AutoencoderKL, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    tokenizer = tiny_clip_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = PixArtTransformer2DModel(
+            sample_size=16,
+            num_layers=2,
+            patch_size=2,
+            attention_head_dim=8,
+            num_attention_heads=3,
+            caption_channels=32,
+            in_channels=4,
+            cross_attention_dim=24,
+            out_channels=8,
+            attention_bias=True,
+            activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_single",
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+        )
+        vae = AutoencoderKL(**_TINY_VAE)
+        text_encoder = _tiny_t5(len(tokenizer))
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer.eval(),
+        scheduler=_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 TINY_PIPELINES = {
     "tiny-sd": tiny_sd_pipeline,
     "tiny-ldm": tiny_ldm_pipeline,
     "tiny-sdxl": tiny_sdxl_pipeline,
+    "tiny-sd3": tiny_sd3_pipeline,
+    "tiny-flux": tiny_flux_pipeline,
+    "tiny-pixart": tiny_pixart_pipeline,
 }
 
 __all__ = [
     "TINY_PIPELINES",
     "tiny_bert_tokenizer",
     "tiny_clip_tokenizer",
+    "tiny_flux_pipeline",
     "tiny_ldm_pipeline",
+    "tiny_pixart_pipeline",
+    "tiny_sd3_pipeline",
     "tiny_sd_pipeline",
     "tiny_sdxl_pipeline",
 ]

@@ -20,6 +20,8 @@ ARCHITECTURES: dict[str, tuple[str, str, int]] = {
     "ldm-256": ("unet.json", "UNet2DConditionModel", 8),
     "sd3-medium": ("transformer.json", "SD3Transformer2DModel", 8),
     "flux1-dev": ("transformer.json", "FluxTransformer2DModel", 8),
+    "pixart-alpha-512": ("transformer.json", "PixArtTransformer2DModel", 8),
+    "pixart-alpha-1024": ("transformer.json", "PixArtTransformer2DModel", 8),
 }
 # Hub ids (or the name users know them by) of the shipped architectures, for messages and docs.
 HUB_IDS = {
@@ -29,6 +31,8 @@ HUB_IDS = {
     "ldm-256": "CompVis/ldm-text2im-large-256",
     "sd3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
     "flux1-dev": "black-forest-labs/FLUX.1-dev",
+    "pixart-alpha-512": "PixArt-alpha/PixArt-XL-2-512x512",
+    "pixart-alpha-1024": "PixArt-alpha/PixArt-XL-2-1024-MS",
 }
 
 

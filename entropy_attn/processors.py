@@ -1,0 +1,332 @@
+"""diffusers attention processors that change only the softmax scale.
+
+Each one follows a stock diffusers processor step for step (projections, norms, rotary
+embeddings, masks, output projections) and replaces its attention call by
+:func:`entropy_attn.attention` with the layer's scale:
+
+- :class:`EntropyAttnProcessor` for ``AttnProcessor2_0`` (UNets of SD 1.x/2.x, SDXL and LDM;
+  PixArt's transformer);
+- :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` (SD3: joint attention over
+  image and text tokens);
+- :class:`EntropyFluxAttnProcessor` for ``FluxAttnProcessor`` (FLUX: joint and single-stream
+  blocks with rotary embeddings).
+
+The scale of a rescaled layer is ``base_scale * sqrt(ln N / ln T)`` with ``N`` the keys of the
+call and ``T`` the keys of the same layer at the training size; ``base_scale`` is the layer's own
+(``attn.scale``, ``1/sqrt(d)`` in every model above), so this is ``sqrt(log_T(N) / d)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .ops import attention
+from .recording import EntropyRecorder
+from .reference import attention_reference
+
+
+def layer_scale(n_tokens: int, train_tokens: int, base_scale: float) -> float:
+    """``base_scale * sqrt(ln N / ln T)``; exactly ``base_scale`` when ``N == T`` or ``N == 1``.
+
+    With one key the softmax is 1 whatever the scale, so the base scale is kept there.
+    """
+    if n_tokens == train_tokens or n_tokens == 1:
+        return base_scale
+    if train_tokens <= 1:
+        raise ValueError(f"train_tokens must be > 1 to rescale, got {train_tokens}")
+    return base_scale * math.sqrt(math.log(n_tokens) / math.log(train_tokens))
+
+
+def head_dim_of(attn) -> int:
+    """Head dimension of a diffusers attention module."""
+    return attn.to_k.out_features // attn.heads
+
+
+def base_scale_of(attn) -> float:
+    """The layer's own softmax scale (``1/sqrt(head_dim)`` unless the model says otherwise)."""
+    scale = getattr(attn, "scale", None)
+    return float(scale) if scale is not None else head_dim_of(attn) ** -0.5
+
+
+def kind_of(attn) -> str:
+    """``"joint"`` (image and text tokens attend together: SD3, FLUX double blocks), ``"cross"``
+    (queries attend to a separate context, e.g. text) or ``"self"``."""
+    if getattr(attn, "add_k_proj", None) is not None:
+        return "joint"
+    if getattr(attn, "is_cross_attention", False):
+        return "cross"
+    return "self"
+
+
+class _EntropyAttnBase:
+    """Shared part: the scale for ``N`` keys, the attention call, and entropy recording."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        train_tokens: int,
+        rescale: bool,
+        backend: str = "auto",
+        recorder: EntropyRecorder | None = None,
+    ) -> None:
+        self.name = name
+        self.train_tokens = int(train_tokens)
+        self.rescale = bool(rescale)
+        self.backend = backend
+        self.recorder = recorder
+
+    def scale_for(self, attn, n_tokens: int) -> float:
+        """The softmax scale for a call with ``n_tokens`` keys."""
+        base = base_scale_of(attn)
+        return layer_scale(n_tokens, self.train_tokens, base) if self.rescale else base
+
+    def attend(self, attn, query, key, value, attention_mask=None) -> torch.Tensor:
+        """``(B, H, L, D)`` attention with this layer's scale; records entropy if asked."""
+        head_dim = query.shape[-1]
+        n_tokens = key.shape[2]
+        scale = self.scale_for(attn, n_tokens)
+        # SDPA's own default scale, passed as None, keeps stock numerics bit for bit.
+        call_scale = None if scale == head_dim**-0.5 else scale
+        record = self.recorder is not None
+        if attention_mask is None:
+            result = attention(
+                query, key, value, call_scale, return_entropy=record, backend=self.backend
+            )
+        else:
+            result = attention_reference(
+                query, key, value, call_scale, return_entropy=record, attn_mask=attention_mask
+            )
+        if not record:
+            return result
+        out, entropy = result
+        self.recorder.add(
+            entropy,
+            layer=self.name,
+            kind=kind_of(attn),
+            heads=query.shape[1],
+            head_dim=head_dim,
+            query_tokens=query.shape[2],
+            n_tokens=n_tokens,
+            train_tokens=self.train_tokens,
+            scale=scale,
+        )
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.name!r}, train_tokens={self.train_tokens}, "
+            f"rescale={self.rescale}, backend={self.backend!r})"
+        )
+
+
+class EntropyAttnProcessor(_EntropyAttnBase):
+    """diffusers' ``AttnProcessor2_0`` with the entropy-preserving scale."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(
+                attention_mask, sequence_length, batch_size
+            )
+            attention_mask = attention_mask.view(
+                batch_size, attn.heads, -1, attention_mask.shape[-1]
+            )
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        # (B, L, H, D) views in SDPA's (B, H, L, D) order: the kernel takes the strides as they are.
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        hidden_states = self.attend(attn, query, key, value, attention_mask)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(
+                batch_size, channel, height, width
+            )
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+class EntropyJointAttnProcessor(_EntropyAttnBase):
+    """diffusers' ``JointAttnProcessor2_0`` (SD3) with the entropy-preserving scale.
+
+    Image and text tokens attend together, so ``N`` counts both (e.g. 4096 + 333 at 1024 px).
+    """
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ):
+        residual = hidden_states
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+
+        def heads_first(tensor):
+            return tensor.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
+        query, key, value = heads_first(query), heads_first(key), heads_first(value)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if encoder_hidden_states is not None:
+            context_query = heads_first(attn.add_q_proj(encoder_hidden_states))
+            context_key = heads_first(attn.add_k_proj(encoder_hidden_states))
+            context_value = heads_first(attn.add_v_proj(encoder_hidden_states))
+            if attn.norm_added_q is not None:
+                context_query = attn.norm_added_q(context_query)
+            if attn.norm_added_k is not None:
+                context_key = attn.norm_added_k(context_key)
+            query = torch.cat([query, context_query], dim=2)
+            key = torch.cat([key, context_key], dim=2)
+            value = torch.cat([value, context_value], dim=2)
+
+        hidden_states = self.attend(attn, query, key, value, attention_mask)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = (
+                hidden_states[:, : residual.shape[1]],
+                hidden_states[:, residual.shape[1] :],
+            )
+            if not attn.context_pre_only:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if encoder_hidden_states is not None:
+            return hidden_states, encoder_hidden_states
+        return hidden_states
+
+
+class EntropyFluxAttnProcessor(_EntropyAttnBase):
+    """diffusers' ``FluxAttnProcessor`` with the entropy-preserving scale.
+
+    Double-stream blocks attend over text + image tokens, single-stream blocks over the same
+    concatenation: ``N`` is 512 + 4096 for FLUX at 1024 px with its default 512 text tokens.
+    Rotary embeddings and QK RMS norms are applied exactly as in the stock processor.
+    """
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ):
+        from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+        query, key, value, context_query, context_key, context_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states
+        )
+        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
+        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        if attn.added_kv_proj_dim is not None:
+            context_query = attn.norm_added_q(context_query.unflatten(-1, (-1, attn.head_dim)))
+            context_key = attn.norm_added_k(context_key.unflatten(-1, (-1, attn.head_dim)))
+            context_value = context_value.unflatten(-1, (-1, attn.head_dim))
+            query = torch.cat([context_query, query], dim=1)
+            key = torch.cat([context_key, key], dim=1)
+            value = torch.cat([context_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        # (B, L, H, D) -> (B, H, L, D) views; the output comes back in query's layout.
+        out = self.attend(
+            attn, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask
+        )
+        hidden_states = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+                [
+                    encoder_hidden_states.shape[1],
+                    hidden_states.shape[1] - encoder_hidden_states.shape[1],
+                ],
+                dim=1,
+            )
+            hidden_states = attn.to_out[0](hidden_states.contiguous())
+            hidden_states = attn.to_out[1](hidden_states)
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
+            return hidden_states, encoder_hidden_states
+        return hidden_states
+
+
+# Stock processor class name -> the entropy-attn processor that reproduces it. Processors not
+# listed (IP-Adapter, custom, ...) are never replaced silently.
+REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
+    "AttnProcessor": EntropyAttnProcessor,
+    "AttnProcessor2_0": EntropyAttnProcessor,
+    "AttnProcessorNPU": EntropyAttnProcessor,
+    "FusedAttnProcessor2_0": EntropyAttnProcessor,
+    "SlicedAttnProcessor": EntropyAttnProcessor,
+    "XFormersAttnProcessor": EntropyAttnProcessor,
+    "JointAttnProcessor2_0": EntropyJointAttnProcessor,
+    "FluxAttnProcessor": EntropyFluxAttnProcessor,
+    "FluxAttnProcessor2_0": EntropyFluxAttnProcessor,
+}
+
+
+def replacement_for(processor) -> type[_EntropyAttnBase] | None:
+    """The entropy-attn processor class that can stand in for ``processor``, if any."""
+    if isinstance(processor, _EntropyAttnBase):
+        return type(processor)
+    return REPLACEMENTS.get(type(processor).__name__)
+
+
+__all__ = [
+    "REPLACEMENTS",
+    "EntropyAttnProcessor",
+    "EntropyFluxAttnProcessor",
+    "EntropyJointAttnProcessor",
+    "base_scale_of",
+    "head_dim_of",
+    "kind_of",
+    "layer_scale",
+    "replacement_for",
+]
