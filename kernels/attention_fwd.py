@@ -23,8 +23,9 @@ Numerics:
 * ``p = 2^(u - m)`` is rounded to the value dtype (fp16/bf16) for the ``P @ V`` product, as in
   FlashAttention; the output accumulator, ``m``, ``l`` and ``t`` are fp32; the entropy uses the fp32
   ``p``. fp32 inputs use IEEE fp32 dots unless the caller allows TF32.
-* Head dims that are not powers of two are zero-padded inside the tile (masked loads): zeros add
-  nothing to the dot products and padded output columns are never stored.
+* Head dims that are not powers of two are split into a power-of-two main tile and a small tail
+  tile (80 = 64 + 16, 160 = 128 + 32), each a ``tl.dot`` of its own; columns past the head dim are
+  zero-filled by masked loads (zeros add nothing to the dots) and never stored.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _interpreter_configs() -> list[triton.Config]:
 
 def _prune_configs(configs, named_args, **kwargs):
     """Drop tiles whose K/V pipeline would not fit in shared memory for wide heads."""
-    head_dim_pad = named_args.get("HEAD_DIM_PAD", kwargs.get("HEAD_DIM_PAD"))
+    head_dim_pad = kwargs["D_MAIN"] + (kwargs["D_TAIL"] if kwargs["HAS_TAIL"] else 0)
     seq_k = named_args["seq_k"]
     kept = []
     for config in configs:
@@ -92,35 +93,61 @@ def _bucket(n: int) -> int:
 
 
 @triton.jit
+def _load_tile(
+    ptrs, rows, row_bound, cols, col_bound, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr
+):
+    """Load a 2-D tile, masking only the dimensions that can run past their bound."""
+    if MASK_ROWS and MASK_COLS:
+        tile = tl.load(
+            ptrs, mask=(rows[:, None] < row_bound) & (cols[None, :] < col_bound), other=0.0
+        )
+    elif MASK_ROWS:
+        tile = tl.load(ptrs, mask=rows[:, None] < row_bound, other=0.0)
+    elif MASK_COLS:
+        tile = tl.load(ptrs, mask=cols[None, :] < col_bound, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
 def _attend_key_tile(
-    acc,
+    acc_main,
+    acc_tail,
     row_max,
     row_sum,
     row_ent,
-    q,
-    k_tile_ptrs,
-    v_tile_ptrs,
+    q_main,
+    q_tail,
+    k_main_ptrs,
+    k_tail_ptrs,
+    v_main_ptrs,
+    v_tail_ptrs,
     start_n,
     seq_k,
     qk_scale_log2,
     offs_n,
-    offs_d,
+    offs_d_main,
+    offs_d_tail,
     HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PAD: tl.constexpr,
+    D_MAIN: tl.constexpr,
+    D_TAIL: tl.constexpr,
+    HAS_TAIL: tl.constexpr,
     MASK_N: tl.constexpr,
     RETURN_ENTROPY: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Fold one tile of keys/values into the running max, sum, entropy term and output."""
     cols = start_n + offs_n
-    d_ok = offs_d < HEAD_DIM
-    if MASK_N:
-        k = tl.load(k_tile_ptrs, mask=d_ok[:, None] & (cols[None, :] < seq_k), other=0.0)
-    elif HEAD_DIM != HEAD_DIM_PAD:
-        k = tl.load(k_tile_ptrs, mask=d_ok[:, None], other=0.0)
-    else:
-        k = tl.load(k_tile_ptrs)
-    u = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale_log2
+    # K^T tiles are (head dim, keys); V tiles are (keys, head dim).
+    k_main = _load_tile(k_main_ptrs, offs_d_main, HEAD_DIM, cols, seq_k, HEAD_DIM < D_MAIN, MASK_N)
+    qk = tl.dot(q_main, k_main, input_precision=DOT_PRECISION)
+    if HAS_TAIL:
+        k_tail = _load_tile(
+            k_tail_ptrs, offs_d_tail, HEAD_DIM, cols, seq_k, D_MAIN + D_TAIL > HEAD_DIM, MASK_N
+        )
+        qk = tl.dot(q_tail, k_tail, qk, input_precision=DOT_PRECISION)
+    u = qk * qk_scale_log2
     if MASK_N:
         u = tl.where(cols[None, :] < seq_k, u, float("-inf"))
     new_max = tl.maximum(row_max, tl.max(u, 1))
@@ -136,20 +163,20 @@ def _attend_key_tile(
         recentre = tl.where(row_sum > 0.0, row_max - new_max, 0.0) * row_sum
         row_ent = alpha * (row_ent + recentre) + tl.sum(terms, 1)
     row_sum = row_sum * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    if MASK_N:
-        v = tl.load(v_tile_ptrs, mask=(cols[:, None] < seq_k) & d_ok[None, :], other=0.0)
-    elif HEAD_DIM != HEAD_DIM_PAD:
-        v = tl.load(v_tile_ptrs, mask=d_ok[None, :], other=0.0)
-    else:
-        v = tl.load(v_tile_ptrs)
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-    return acc, new_max, row_sum, row_ent
+    v_main = _load_tile(v_main_ptrs, cols, seq_k, offs_d_main, HEAD_DIM, MASK_N, HEAD_DIM < D_MAIN)
+    p_low = p.to(v_main.dtype)
+    acc_main = tl.dot(p_low, v_main, acc_main * alpha[:, None], input_precision=DOT_PRECISION)
+    if HAS_TAIL:
+        v_tail = _load_tile(
+            v_tail_ptrs, cols, seq_k, offs_d_tail, HEAD_DIM, MASK_N, D_MAIN + D_TAIL > HEAD_DIM
+        )
+        acc_tail = tl.dot(p_low, v_tail, acc_tail * alpha[:, None], input_precision=DOT_PRECISION)
+    return acc_main, acc_tail, new_max, row_sum, row_ent
 
 
 @triton.autotune(
     configs=_interpreter_configs() if interpreting() else _cuda_configs(),
-    key=["HEAD_DIM_PAD", "SEQ_Q_BUCKET", "SEQ_K_BUCKET", "RETURN_ENTROPY"],
+    key=["D_MAIN", "D_TAIL", "HAS_TAIL", "SEQ_Q_BUCKET", "SEQ_K_BUCKET", "RETURN_ENTROPY"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
 @triton.jit(do_not_specialize=["seq_q", "seq_k", "SEQ_Q_BUCKET", "SEQ_K_BUCKET"])
@@ -182,13 +209,20 @@ def _attention_fwd_kernel(
     SEQ_Q_BUCKET,
     SEQ_K_BUCKET,
     HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PAD: tl.constexpr,
+    D_MAIN: tl.constexpr,
+    D_TAIL: tl.constexpr,
+    HAS_TAIL: tl.constexpr,
     RETURN_ENTROPY: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One program: BLOCK_M query rows of one (batch, head) against all keys, in key tiles."""
+    """One program: BLOCK_M query rows of one (batch, head) against all keys, in key tiles.
+
+    The head dim is covered by a power-of-two main part and, when it is not a power of two, a
+    small tail (80 = 64 + 16, 160 = 128 + 32, 40 = 32 + 16 with 8 masked): two dots instead of
+    one padded to the next power of two, which would waste 37.5 % of the work at 40/80/160.
+    """
     query_block = tl.program_id(0)
     batch_head = tl.program_id(1)
     batch = (batch_head // heads).to(tl.int64)
@@ -196,96 +230,96 @@ def _attention_fwd_kernel(
 
     offs_m = query_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    row_ok = offs_m < seq_q
-    d_ok = offs_d < HEAD_DIM
+    offs_d_main = tl.arange(0, D_MAIN)
+    offs_d_tail = D_MAIN + tl.arange(0, D_TAIL)
 
-    q_ptrs = (
-        Q
-        + batch * stride_qb
-        + head * stride_qh
-        + offs_m[:, None] * stride_qm
-        + offs_d[None, :] * stride_qd
+    q_base = Q + batch * stride_qb + head * stride_qh + offs_m[:, None] * stride_qm
+    k_base = K + batch * stride_kb + head * stride_kh + offs_n[None, :] * stride_kn
+    v_base = V + batch * stride_vb + head * stride_vh + offs_n[:, None] * stride_vn
+    q_main = _load_tile(
+        q_base + offs_d_main[None, :] * stride_qd,
+        offs_m,
+        seq_q,
+        offs_d_main,
+        HEAD_DIM,
+        True,
+        HEAD_DIM < D_MAIN,
     )
-    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    k_ptrs = (
-        K
-        + batch * stride_kb
-        + head * stride_kh
-        + offs_n[None, :] * stride_kn
-        + offs_d[:, None] * stride_kd
-    )
-    v_ptrs = (
-        V
-        + batch * stride_vb
-        + head * stride_vh
-        + offs_n[:, None] * stride_vn
-        + offs_d[None, :] * stride_vd
-    )
+    k_main_ptrs = k_base + offs_d_main[:, None] * stride_kd
+    v_main_ptrs = v_base + offs_d_main[None, :] * stride_vd
+    k_tail_ptrs = k_base + offs_d_tail[:, None] * stride_kd
+    v_tail_ptrs = v_base + offs_d_tail[None, :] * stride_vd
+    if HAS_TAIL:
+        q_tail = _load_tile(
+            q_base + offs_d_tail[None, :] * stride_qd,
+            offs_m,
+            seq_q,
+            offs_d_tail,
+            HEAD_DIM,
+            True,
+            D_MAIN + D_TAIL > HEAD_DIM,
+        )
+    else:
+        q_tail = q_main  # unused: every use is behind `if HAS_TAIL`
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     row_ent = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    acc_main = tl.zeros([BLOCK_M, D_MAIN], dtype=tl.float32)
+    acc_tail = tl.zeros([BLOCK_M, D_TAIL], dtype=tl.float32)  # dead code without a tail
 
     # Full key tiles need no column mask; the ragged last tile (if any) is handled once after.
     full_end = (seq_k // BLOCK_N) * BLOCK_N
     for start_n in range(0, full_end, BLOCK_N):
-        acc, row_max, row_sum, row_ent = _attend_key_tile(
-            acc,
-            row_max,
-            row_sum,
-            row_ent,
-            q,
-            k_ptrs + start_n * stride_kn,
-            v_ptrs + start_n * stride_vn,
-            start_n,
-            seq_k,
-            qk_scale_log2,
-            offs_n,
-            offs_d,
-            HEAD_DIM,
-            HEAD_DIM_PAD,
-            False,
-            RETURN_ENTROPY,
-            DOT_PRECISION,
-        )
+        acc_main, acc_tail, row_max, row_sum, row_ent = _attend_key_tile(
+            acc_main, acc_tail, row_max, row_sum, row_ent, q_main, q_tail,
+            k_main_ptrs + start_n * stride_kn, k_tail_ptrs + start_n * stride_kn,
+            v_main_ptrs + start_n * stride_vn, v_tail_ptrs + start_n * stride_vn,
+            start_n, seq_k, qk_scale_log2, offs_n, offs_d_main, offs_d_tail,
+            HEAD_DIM, D_MAIN, D_TAIL, HAS_TAIL, False, RETURN_ENTROPY, DOT_PRECISION,
+        )  # fmt: skip
     if full_end < seq_k:
-        acc, row_max, row_sum, row_ent = _attend_key_tile(
-            acc,
-            row_max,
-            row_sum,
-            row_ent,
-            q,
-            k_ptrs + full_end * stride_kn,
-            v_ptrs + full_end * stride_vn,
-            full_end,
-            seq_k,
-            qk_scale_log2,
-            offs_n,
-            offs_d,
-            HEAD_DIM,
-            HEAD_DIM_PAD,
-            True,
-            RETURN_ENTROPY,
-            DOT_PRECISION,
-        )
+        acc_main, acc_tail, row_max, row_sum, row_ent = _attend_key_tile(
+            acc_main, acc_tail, row_max, row_sum, row_ent, q_main, q_tail,
+            k_main_ptrs + full_end * stride_kn, k_tail_ptrs + full_end * stride_kn,
+            v_main_ptrs + full_end * stride_vn, v_tail_ptrs + full_end * stride_vn,
+            full_end, seq_k, qk_scale_log2, offs_n, offs_d_main, offs_d_tail,
+            HEAD_DIM, D_MAIN, D_TAIL, HAS_TAIL, True, RETURN_ENTROPY, DOT_PRECISION,
+        )  # fmt: skip
 
-    out = acc / row_sum[:, None]
-    o_ptrs = (
-        Out
-        + batch * stride_ob
-        + head * stride_oh
-        + offs_m[:, None] * stride_om
-        + offs_d[None, :] * stride_od
+    o_base = Out + batch * stride_ob + head * stride_oh + offs_m[:, None] * stride_om
+    row_ok = offs_m < seq_q
+    inv_sum = 1.0 / row_sum
+    tl.store(
+        o_base + offs_d_main[None, :] * stride_od,
+        (acc_main * inv_sum[:, None]).to(Out.dtype.element_ty),
+        mask=row_ok[:, None] & (offs_d_main[None, :] < HEAD_DIM),
     )
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    if HAS_TAIL:
+        tl.store(
+            o_base + offs_d_tail[None, :] * stride_od,
+            (acc_tail * inv_sum[:, None]).to(Out.dtype.element_ty),
+            mask=row_ok[:, None] & (offs_d_tail[None, :] < HEAD_DIM),
+        )
     if RETURN_ENTROPY:
-        entropy = tl.log(row_sum) - 0.6931471805599453 * (row_ent / row_sum)  # ln(2)
+        entropy = tl.log(row_sum) - 0.6931471805599453 * (row_ent * inv_sum)  # ln(2)
         # Exact entropy is >= 0; rounding can leave -1e-7 on rows with one dominant logit.
         entropy = tl.maximum(entropy, 0.0)
         ent_ptrs = Ent + batch_head.to(tl.int64) * seq_q + offs_m
         tl.store(ent_ptrs, entropy, mask=row_ok)
+
+
+def head_dim_split(head_dim: int) -> tuple[int, int]:
+    """``(main, tail)`` tile widths covering ``head_dim``: a power of two, plus a power-of-two tail
+    (>= 16, the smallest dot) or 0. Splitting pays when it covers fewer columns than padding."""
+    padded = max(16, triton.next_power_of_2(head_dim))
+    main = max(16, padded // 2 if padded > head_dim else padded)
+    if main >= head_dim:
+        return padded, 0
+    tail = max(16, triton.next_power_of_2(head_dim - main))
+    if main + tail >= padded:
+        return padded, 0
+    return main, tail
 
 
 def flash_attention_forward(
@@ -324,6 +358,8 @@ def flash_attention_forward(
     else:
         precision = "ieee"  # fp16/bf16 dots are exact products with fp32 accumulation anyway
 
+    d_main, d_tail = head_dim_split(head_dim)
+
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
@@ -344,11 +380,19 @@ def flash_attention_forward(
         _bucket(seq_q),
         _bucket(seq_k),
         HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
+        D_MAIN=d_main,
+        D_TAIL=max(d_tail, 16),
+        HAS_TAIL=d_tail > 0,
         RETURN_ENTROPY=bool(return_entropy),
         DOT_PRECISION=precision,
     )
     return out, entropy
 
 
-__all__ = ["MAX_HEAD_DIM", "SUPPORTED_DTYPES", "flash_attention_forward", "interpreting"]
+__all__ = [
+    "MAX_HEAD_DIM",
+    "SUPPORTED_DTYPES",
+    "flash_attention_forward",
+    "head_dim_split",
+    "interpreting",
+]

@@ -107,7 +107,7 @@ def test_parity_odd_lengths(dtype, seq_q, seq_k, generator):
     check_parity(q, k, v, 0.125, what=f"{dtype} Lq={seq_q} Lk={seq_k}")
 
 
-@pytest.mark.parametrize("head_dim", [16, 24, 200, 256])
+@pytest.mark.parametrize("head_dim", [8, 16, 24, 48, 72, 200, 256])
 def test_parity_head_dims_up_to_256(head_dim, generator):
     q, k, v = make_qkv(1, 1, 50, 90, head_dim, torch.float16, generator)
     check_parity(q, k, v, head_dim**-0.5, what=f"d={head_dim}")
@@ -169,6 +169,21 @@ def test_without_entropy_matches_with_entropy(generator):
     plain = entropy_attn.attention(q, k, v, 0.2, backend="triton")
     out, _ = entropy_attn.attention(q, k, v, 0.2, return_entropy=True, backend="triton")
     assert torch.equal(plain, out)
+
+
+@pytest.mark.parametrize(
+    "head_dim,split",
+    [(40, (32, 16)), (64, (64, 0)), (72, (64, 16)), (80, (64, 16)), (96, (64, 32)),
+     (128, (128, 0)), (160, (128, 32)), (200, (256, 0)), (8, (16, 0))],
+)  # fmt: skip
+def test_head_dim_split(head_dim, split):
+    """Non-power-of-two head dims run as two dots rather than one padded to 2^k."""
+    from entropy_attn.kernels.attention_fwd import head_dim_split
+
+    main, tail = head_dim_split(head_dim)
+    assert (main, tail) == split
+    assert main + tail >= head_dim and main & (main - 1) == 0
+    assert main + tail <= max(16, 1 << (head_dim - 1).bit_length())
 
 
 def test_kernel_and_op_agree_on_max_head_dim():
