@@ -353,10 +353,9 @@ def flash_attention_forward(
     )
     if seq_q == 0 or batch * heads == 0:
         return out, entropy
-    if query.dtype == torch.float32:
-        precision = "tf32" if allow_tf32 else "ieee"
-    else:
-        precision = "ieee"  # fp16/bf16 dots are exact products with fp32 accumulation anyway
+    # The precision switch only affects fp32 inputs; fp16/bf16 dots are exact products with fp32
+    # accumulation, and keep Triton's default so they take the tensor-core path as usual.
+    precision = "ieee" if query.dtype == torch.float32 and not allow_tf32 else "tf32"
 
     d_main, d_tail = head_dim_split(head_dim)
 

@@ -218,3 +218,26 @@ def test_torch_compile_traces_without_graph_break(generator):
     ref_out, ref_ent = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend="torch")
     assert_close(out, ref_out * 2, **TOLERANCES[torch.float32], what="compiled output")
     assert_close(ent_sum, ref_ent.sum(-1), atol=1e-4, rtol=1e-5, what="compiled entropy")
+
+
+@pytest.mark.parametrize("precision,allow", [("highest", False), ("high", True)])
+def test_fp32_tf32_follows_pytorch_switch(precision, allow, monkeypatch, generator):
+    """fp32 inputs use IEEE dots unless torch.set_float32_matmul_precision allows TF32."""
+    from entropy_attn import kernels
+
+    seen = []
+    real = kernels.flash_attention_forward
+
+    def spy(*args):
+        seen.append(args[5])
+        return real(*args)
+
+    monkeypatch.setattr(kernels, "flash_attention_forward", spy)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        q, k, v = make_qkv(1, 1, 20, 20, 16, torch.float32, generator)
+        entropy_attn.attention(q, k, v, backend="triton")
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen == [allow]
