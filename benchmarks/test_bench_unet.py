@@ -1,0 +1,116 @@
+"""End-to-end CUDA benchmark: one UNet step, stock diffusers vs ``entropy_attn.enable``.
+
+What is timed: one forward pass of ``UNet2DConditionModel`` (one denoising step of a
+classifier-free-guidance batch of 2, fp16, 77 text tokens) of SD-2.1-base and LDM-256 (the
+architecture of CompVis ldm-text2im-large-256), built from the package's shipped configs with
+random weights (speed does not depend on the weights), in three modes measured in the same run:
+
+* ``stock``: diffusers' own attention processors (``AttnProcessor2_0``, i.e. PyTorch SDPA);
+* ``enable``: after ``entropy_attn.enable(unet)`` (the fused Triton kernel with the
+  entropy-preserving scale in self-attention);
+* ``enable-record-entropy``: after ``entropy_attn.enable(unet, record_entropy=True)``.
+
+``entropy_attn.disable(unet)`` restores stock after each mode (checked). Sizes: SD-2.1-base at
+224², 512² (its training size), 768² (the speed target: enable <= 2% slower, entropy recording
+<= 8% slower) and 1024²; LDM-256 at 128², 256² (its training size), 384² and 512².
+
+Excluded: building the model, input creation, warm-up calls (Triton autotuning, cuDNN
+convolution plans), the peak-memory call. Included: everything one ``unet(...)`` call does.
+Times use a timer that synchronises the device; the median over rounds is reported. Peak memory
+is ``torch.cuda.max_memory_allocated`` after a reset (weights included).
+
+The module skips, with the reason, until ``entropy_attn.enable``/``disable`` and
+``entropy_attn.configs.load_unet_config`` exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import entropy_attn
+from benchmarks.common import (
+    UNET_MODES,
+    cuda_sync_timer,
+    record,
+    run_unet_mode,
+    unet_inputs,
+)
+
+pytestmark = [
+    pytest.mark.gpu_bench,
+    pytest.mark.unet_bench,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="CUDA UNet benchmarks need a CUDA GPU; the CPU UNet benchmark is -m cpu_bench",
+    ),
+    pytest.mark.benchmark(timer=cuda_sync_timer),
+]
+
+if not (hasattr(entropy_attn, "enable") and hasattr(entropy_attn, "disable")):
+    pytest.skip(
+        "entropy_attn.enable/disable do not exist yet: nothing to compare with stock diffusers",
+        allow_module_level=True,
+    )
+if importlib.util.find_spec("entropy_attn.configs") is None:
+    pytest.skip(
+        "entropy_attn.configs does not exist yet: no shipped UNet configs to build from",
+        allow_module_level=True,
+    )
+diffusers = pytest.importorskip("diffusers", reason="the UNet benchmarks need diffusers")
+
+from entropy_attn.configs import load_unet_config  # noqa: E402
+
+DEVICE = "cuda"
+DTYPE = torch.float16
+UNET_SIZES = {
+    "sd21-base": (224, 512, 768, 1024),
+    "ldm-256": (128, 256, 384, 512),
+}
+CASES = [(model, size) for model, sizes in UNET_SIZES.items() for size in sizes]
+_UNETS: dict[str, object] = {}
+
+
+def _unet(model: str):
+    """The model built once per session from its shipped config, random weights, fp16 on CUDA."""
+    if model not in _UNETS:
+        config = load_unet_config(model)
+        torch.manual_seed(0)
+        with torch.device(DEVICE):
+            unet = diffusers.UNet2DConditionModel.from_config(config)
+        _UNETS[model] = unet.to(dtype=DTYPE).eval().requires_grad_(False)
+    return _UNETS[model]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_models():
+    yield
+    _UNETS.clear()
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("mode", UNET_MODES)
+@pytest.mark.parametrize(("model", "image_size"), CASES, ids=[f"{m}-{s}px" for m, s in CASES])
+def test_unet_step(benchmark, model: str, image_size: int, mode: str, unet_plan) -> None:
+    """One UNet step of ``model`` at ``image_size``² in ``mode``."""
+    unet = _unet(model)
+    latent = image_size // 8
+    inputs = unet_inputs(dict(unet.config), latent, DTYPE, DEVICE)
+    benchmark.group = f"{DEVICE} unet {model} {image_size}px"
+    fields = run_unet_mode(benchmark, unet, inputs, mode, cuda_sync_timer, unet_plan, cuda=True)
+    record(
+        benchmark,
+        device=DEVICE,
+        dtype=DTYPE,
+        impl="unet",
+        variant=mode,
+        entropy=mode == "enable-record-entropy",
+        baseline=f"UNet2DConditionModel step, {mode}",
+        model=model,
+        image_size=image_size,
+        latent_size=latent,
+        batch=inputs["sample"].shape[0],
+        **fields,
+    )

@@ -1,0 +1,85 @@
+"""End-to-end CPU benchmark: one step of a tiny UNet, stock diffusers vs ``entropy_attn.enable``.
+
+The CPU target is "``enable(pipe)`` on the PyTorch path is at most 5% slower than stock diffusers
+on CPU". What is timed: one forward pass (classifier-free-guidance batch of 2, fp32, 77 text
+tokens) of a tiny ``UNet2DConditionModel`` built from the config below with random weights, in
+three modes measured in the same run: ``stock``, ``enable`` (``entropy_attn.enable(unet)``, which
+takes the PyTorch path off CUDA) and ``enable-record-entropy``
+(``entropy_attn.enable(unet, record_entropy=True)``). ``entropy_attn.disable(unet)`` restores
+stock after each mode (checked). Latent sizes: 16 (the config's ``sample_size``, so ``N == T``)
+and 32 (``N = 4 T`` at every level, where the scale differs from ``1/sqrt(d)``).
+
+Excluded: building the model, input creation, warm-up calls. Times are ``time.perf_counter`` wall
+times, median over rounds. The module skips, with the reason, until ``entropy_attn.enable`` and
+``entropy_attn.disable`` exist.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import entropy_attn
+from benchmarks.common import UNET_MODES, record, run_unet_mode, unet_inputs
+
+pytestmark = [pytest.mark.cpu_bench, pytest.mark.unet_bench]
+
+if not (hasattr(entropy_attn, "enable") and hasattr(entropy_attn, "disable")):
+    pytest.skip(
+        "entropy_attn.enable/disable do not exist yet: nothing to compare with stock diffusers",
+        allow_module_level=True,
+    )
+diffusers = pytest.importorskip("diffusers", reason="the UNet benchmarks need diffusers")
+
+DEVICE = "cpu"
+DTYPE = torch.float32
+# Two resolution levels with self- and cross-attention at the first, plus the mid block's.
+TINY_UNET_CONFIG = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+LATENT_SIZES = (16, 32)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    """The tiny UNet, built once, random weights (seeded), fp32, eval mode."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel.from_config(TINY_UNET_CONFIG)
+    return unet.to(dtype=DTYPE).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("mode", UNET_MODES)
+@pytest.mark.parametrize("latent_size", LATENT_SIZES, ids=lambda n: f"latent{n}")
+def test_tiny_unet_step_cpu(benchmark, tiny_unet, latent_size: int, mode: str, cpu_plan) -> None:
+    """One step of the tiny UNet at a ``latent_size``² latent in ``mode``."""
+    inputs = unet_inputs(TINY_UNET_CONFIG, latent_size, DTYPE, DEVICE)
+    benchmark.group = f"{DEVICE} unet tiny latent{latent_size}"
+    fields = run_unet_mode(
+        benchmark, tiny_unet, inputs, mode, time.perf_counter, cpu_plan, cuda=False
+    )
+    record(
+        benchmark,
+        device=DEVICE,
+        dtype=DTYPE,
+        impl="unet",
+        variant=mode,
+        entropy=mode == "enable-record-entropy",
+        baseline=f"UNet2DConditionModel step, {mode}",
+        model="tiny",
+        image_size=latent_size * 8,
+        latent_size=latent_size,
+        batch=inputs["sample"].shape[0],
+        torch_num_threads=torch.get_num_threads(),
+        **fields,
+    )
