@@ -57,10 +57,13 @@ def pytest_command(args: argparse.Namespace, json_path: Path) -> list[str]:
     if args.unet:
         paths += SUITES["unet"]
     command = [sys.executable, "-m", "pytest", *(paths or ["benchmarks"])]
+    # Always an explicit -m: it replaces pyproject's addopts, which deselects every benchmark.
     if args.cpu:
         command += ["-m", "cpu_bench"]
     elif args.gpu:
         command += ["-m", "gpu_bench"]
+    else:
+        command += ["-m", "cpu_bench or gpu_bench or unet_bench"]
     command += [
         "--benchmark-only",
         f"--benchmark-json={json_path}",

@@ -71,7 +71,7 @@ def build_denoiser(name: str, *, device=None, dtype=None):
     cls = getattr(diffusers, ARCHITECTURES[name][1])
     with torch.device(device or "cpu"):
         model = cls.from_config(config)
-    if dtype is not None:
+    if dtype is not None and dtype != model.dtype:
         model = model.to(dtype)
     return model.eval()
 
