@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .ops import attention
+from .ops import dispatch
 from .recording import EntropyRecorder
 from .reference import attention_reference
 
@@ -92,9 +92,7 @@ class _EntropyAttnBase:
         call_scale = None if scale == head_dim**-0.5 else scale
         record = self.recorder is not None
         if attention_mask is None:
-            result = attention(
-                query, key, value, call_scale, return_entropy=record, backend=self.backend
-            )
+            result = dispatch(query, key, value, call_scale, record, self.backend)
         else:
             result = attention_reference(
                 query, key, value, call_scale, return_entropy=record, attn_mask=attention_mask
