@@ -39,6 +39,49 @@ _TINY_VAE = dict(
     norm_num_groups=8,
     sample_size=128,
 )
+# Tiny diffusion transformers (also used directly by the tests). SD3: 16x16 latent at 128 px,
+# patch 2. FLUX: 16 = 4 latent channels x 2x2 packing; rotary axes sum to the head dim.
+TINY_SD3_TRANSFORMER = dict(
+    sample_size=16,
+    patch_size=2,
+    in_channels=16,
+    num_layers=2,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    caption_projection_dim=32,
+    joint_attention_dim=32,
+    pooled_projection_dim=64,
+    out_channels=16,
+    pos_embed_max_size=32,
+)
+TINY_FLUX_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=16,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=32,
+    axes_dims_rope=[4, 4, 8],
+)
+TINY_PIXART_TRANSFORMER = dict(
+    sample_size=16,
+    num_layers=2,
+    patch_size=2,
+    attention_head_dim=8,
+    num_attention_heads=3,
+    caption_channels=32,
+    in_channels=4,
+    cross_attention_dim=24,
+    out_channels=8,
+    attention_bias=True,
+    activation_fn="gelu-approximate",
+    num_embeds_ada_norm=1000,
+    norm_type="ada_norm_single",
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
 _WORDS = ["a", "an", "the", "photo", "of", "cat", "dog", "red", "blue", "car", "tree", "house"]
 
 
@@ -251,19 +294,7 @@ def tiny_sd3_pipeline(seed: int = 0):
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        transformer = SD3Transformer2DModel(
-            sample_size=16,
-            patch_size=2,
-            in_channels=16,
-            num_layers=2,
-            attention_head_dim=8,
-            num_attention_heads=4,
-            caption_projection_dim=32,
-            joint_attention_dim=32,
-            pooled_projection_dim=64,
-            out_channels=16,
-            pos_embed_max_size=32,
-        )
+        transformer = SD3Transformer2DModel(**TINY_SD3_TRANSFORMER)
         vae = AutoencoderKL(**dict(_TINY_VAE, latent_channels=16, shift_factor=0.06))
         text_encoder = CLIPTextModelWithProjection(_tiny_clip_config(tokenizer, projection_dim=32))
         text_encoder_2 = CLIPTextModelWithProjection(
@@ -299,17 +330,7 @@ def tiny_flux_pipeline(seed: int = 0):
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=16,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=32,
-            pooled_projection_dim=32,
-            axes_dims_rope=[4, 4, 8],
-        )
+        transformer = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER)
         vae = AutoencoderKL(**dict(_TINY_VAE, shift_factor=0.1, scaling_factor=0.36))
         text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
         text_encoder_2 = _tiny_t5(len(tokenizer))
@@ -334,23 +355,7 @@ def tiny_pixart_pipeline(seed: int = 0):
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        transformer = PixArtTransformer2DModel(
-            sample_size=16,
-            num_layers=2,
-            patch_size=2,
-            attention_head_dim=8,
-            num_attention_heads=3,
-            caption_channels=32,
-            in_channels=4,
-            cross_attention_dim=24,
-            out_channels=8,
-            attention_bias=True,
-            activation_fn="gelu-approximate",
-            num_embeds_ada_norm=1000,
-            norm_type="ada_norm_single",
-            norm_elementwise_affine=False,
-            norm_eps=1e-6,
-        )
+        transformer = PixArtTransformer2DModel(**TINY_PIXART_TRANSFORMER)
         vae = AutoencoderKL(**_TINY_VAE)
         text_encoder = _tiny_t5(len(tokenizer))
     pipe = PixArtAlphaPipeline(
@@ -374,7 +379,10 @@ TINY_PIPELINES = {
 }
 
 __all__ = [
+    "TINY_FLUX_TRANSFORMER",
     "TINY_PIPELINES",
+    "TINY_PIXART_TRANSFORMER",
+    "TINY_SD3_TRANSFORMER",
     "tiny_bert_tokenizer",
     "tiny_clip_tokenizer",
     "tiny_flux_pipeline",

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from helpers import assert_close
 
 import entropy_attn
-from entropy_attn import configs
+from entropy_attn import configs, tiny
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -21,61 +21,29 @@ TEXT = 8  # text tokens in these tests
 
 
 def tiny_sd3():
-    return diffusers.SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=32,
-        pooled_projection_dim=16,
-        out_channels=4,
-        pos_embed_max_size=32,
-    ).eval()
+    return diffusers.SD3Transformer2DModel(**tiny.TINY_SD3_TRANSFORMER).eval()
 
 
 def tiny_flux():
+    # Two single-stream blocks, to check that every block of that kind is replaced.
     return diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
+        **dict(tiny.TINY_FLUX_TRANSFORMER, num_single_layers=2)
     ).eval()
 
 
 def tiny_pixart():
+    # An 8x8 training latent: 16 image tokens, so the test runs fast.
     return diffusers.PixArtTransformer2DModel(
-        sample_size=8,
-        num_layers=2,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=3,
-        caption_channels=32,
-        in_channels=4,
-        cross_attention_dim=24,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
+        **dict(tiny.TINY_PIXART_TRANSFORMER, sample_size=8)
     ).eval()
 
 
 def sd3_inputs(latent_h, latent_w, seed=0):
     g = torch.Generator().manual_seed(seed)
     return dict(
-        hidden_states=torch.randn(2, 4, latent_h, latent_w, generator=g),
+        hidden_states=torch.randn(2, 16, latent_h, latent_w, generator=g),
         encoder_hidden_states=torch.randn(2, TEXT, 32, generator=g),
-        pooled_projections=torch.randn(2, 16, generator=g),
+        pooled_projections=torch.randn(2, 64, generator=g),
         timestep=torch.tensor([500.0, 500.0]),
     )
 
@@ -86,7 +54,7 @@ def flux_inputs(latent_h, latent_w, seed=0):
     ids = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1)
     img_ids = torch.cat([torch.zeros(h * w, 1), ids.reshape(-1, 2).float()], dim=1)
     return dict(
-        hidden_states=torch.randn(1, h * w, 4, generator=g),
+        hidden_states=torch.randn(1, h * w, 16, generator=g),
         encoder_hidden_states=torch.randn(1, TEXT, 32, generator=g),
         pooled_projections=torch.randn(1, 32, generator=g),
         timestep=torch.tensor([0.5]),
@@ -287,8 +255,6 @@ def generate_with_expected_scale(pipe, height, width, train_tokens, text_len, mo
 
 @pytest.mark.parametrize("builder,options,train_tokens,text_len", PIPELINE_CASES)
 def test_dit_pipelines(builder, options, train_tokens, text_len, monkeypatch):
-    from entropy_attn import tiny
-
     pipe = getattr(tiny, builder)()
     stock_train = generate(pipe, 128, 128)
     stock_other = generate(pipe, 64, 96)
