@@ -369,6 +369,15 @@ def tiny_pixart_pipeline(seed: int = 0):
     return pipe
 
 
+def tiny_pixart_sigma_pipeline(seed: int = 0):
+    """A ``PixArtSigmaPipeline`` with the components of :func:`tiny_pixart_pipeline`."""
+    from diffusers import PixArtSigmaPipeline
+
+    pipe = PixArtSigmaPipeline(**tiny_pixart_pipeline(seed).components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 TINY_PIPELINES = {
     "tiny-sd": tiny_sd_pipeline,
     "tiny-ldm": tiny_ldm_pipeline,
@@ -376,6 +385,7 @@ TINY_PIPELINES = {
     "tiny-sd3": tiny_sd3_pipeline,
     "tiny-flux": tiny_flux_pipeline,
     "tiny-pixart": tiny_pixart_pipeline,
+    "tiny-pixart-sigma": tiny_pixart_sigma_pipeline,
 }
 
 __all__ = [
@@ -388,6 +398,7 @@ __all__ = [
     "tiny_flux_pipeline",
     "tiny_ldm_pipeline",
     "tiny_pixart_pipeline",
+    "tiny_pixart_sigma_pipeline",
     "tiny_sd3_pipeline",
     "tiny_sd_pipeline",
     "tiny_sdxl_pipeline",

@@ -210,13 +210,14 @@ PIPELINE_CASES = [
         "tiny_flux_pipeline", {"text_tokens": SEQ, "train_size": 128}, 64 + SEQ, SEQ, id="flux"
     ),
     # PixArt: 64 image tokens in self-attention; cross-attention over the 16 T5 tokens.
-    pytest.param("tiny_pixart_pipeline", {}, 64, SEQ, id="pixart"),
+    pytest.param("tiny_pixart_pipeline", {}, 64, SEQ, id="pixart-alpha"),
+    pytest.param("tiny_pixart_sigma_pipeline", {}, 64, SEQ, id="pixart-sigma"),
 ]
 
 
 def generate(pipe, height, width):
     kwargs = dict(num_inference_steps=2, max_sequence_length=SEQ, output_type="pt")
-    if type(pipe).__name__ == "PixArtAlphaPipeline":
+    if type(pipe).__name__ in ("PixArtAlphaPipeline", "PixArtSigmaPipeline"):
         kwargs.update(clean_caption=False, use_resolution_binning=False)
     return pipe(
         "a red cat",
@@ -260,6 +261,10 @@ def test_dit_pipelines(builder, options, train_tokens, text_len, monkeypatch):
     stock_other = generate(pipe, 64, 96)
     with entropy_attn.enabled(pipe, **options) as handle:
         assert {handle.train_tokens[n] for n in handle.rescaled_layers} == {train_tokens}
+        if "PixArt" in type(pipe).__name__:  # cross-attention T: the family's T5 length
+            cross = {n for n in handle.train_tokens if n.endswith("attn2")}
+            expected = 300 if "Sigma" in type(pipe).__name__ else 120
+            assert {handle.train_tokens[n] for n in cross} == {expected}
         ours_train = generate(pipe, 128, 128)
         ours_other = generate(pipe, 64, 96)
     assert torch.equal(ours_train, stock_train)

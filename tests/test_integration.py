@@ -265,19 +265,22 @@ def test_classifier_free_guidance_and_several_images_per_prompt():
     np.testing.assert_allclose(images, plain, atol=2e-5, rtol=0)
 
 
-def test_dtype_change_after_enable():
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)], ids=["bf16", "fp16"]
+)
+def test_dtype_change_after_enable(dtype, tol):
     pipe = tiny_sd_pipeline()
     latents, t, context = unet_inputs(pipe, 64, 96)
     entropy_attn.enable(pipe)
-    pipe.unet.to(torch.bfloat16)
+    pipe.unet.to(dtype)
     with torch.no_grad():
-        ours = pipe.unet(latents.bfloat16(), t, context.bfloat16()).sample
+        ours = pipe.unet(latents.to(dtype), t, context.to(dtype)).sample
     entropy_attn.disable(pipe)
     install_straightforward(pipe.unet)
     with torch.no_grad():
-        plain = pipe.unet(latents.bfloat16(), t, context.bfloat16()).sample
-    assert ours.dtype == torch.bfloat16
-    assert_close(ours, plain, atol=1e-2, rtol=1e-2, what="bf16 UNet")
+        plain = pipe.unet(latents.to(dtype), t, context.to(dtype)).sample
+    assert ours.dtype == dtype
+    assert_close(ours, plain, atol=tol, rtol=tol, what=f"{dtype} UNet")
 
 
 def test_torch_compile_of_the_unet():
