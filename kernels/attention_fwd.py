@@ -71,20 +71,28 @@ def _interpreter_configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=1, num_stages=1)]
 
 
+def _shared_bytes(config, head_dim_pad: int, element_bytes: int) -> int:
+    """Rough shared memory of a config: the Q tile plus the pipelined K and V tiles."""
+    block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    return element_bytes * head_dim_pad * (block_m + 2 * block_n * config.num_stages)
+
+
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles whose K/V pipeline would not fit in shared memory for wide heads."""
+    """Drop tiles that would not fit in shared memory (wide heads, fp32) or that are wider than
+    the keys; if none is left, keep the smallest."""
     head_dim_pad = kwargs["D_MAIN"] + (kwargs["D_TAIL"] if kwargs["HAS_TAIL"] else 0)
+    element_bytes = named_args["Q"].element_size()
     seq_k = named_args["seq_k"]
-    kept = []
-    for config in configs:
-        block_n = config.kwargs["BLOCK_N"]
-        smem = 2 * (config.kwargs["BLOCK_M"] + 2 * block_n * config.num_stages) * head_dim_pad
-        if smem > 160 * 1024:
-            continue
-        if block_n > max(32, triton.next_power_of_2(seq_k)):
-            continue
-        kept.append(config)
-    return kept or configs[-1:]
+    kept = [
+        config
+        for config in configs
+        if _shared_bytes(config, head_dim_pad, element_bytes) <= 160 * 1024
+        and config.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(seq_k))
+    ]
+    if kept:
+        return kept
+    smallest = min(configs, key=lambda c: _shared_bytes(c, head_dim_pad, element_bytes))
+    return [triton.Config(dict(smallest.kwargs), num_warps=smallest.num_warps, num_stages=1)]
 
 
 def _bucket(n: int) -> int:
@@ -223,8 +231,12 @@ def _attention_fwd_kernel(
     small tail (80 = 64 + 16, 160 = 128 + 32, 40 = 32 + 16 with 8 masked): two dots instead of
     one padded to the next power of two, which would waste 37.5 % of the work at 40/80/160.
     """
-    query_block = tl.program_id(0)
-    batch_head = tl.program_id(1)
+    # A 1-D grid, query blocks fastest: consecutive programs share one head's K and V (L2 reuse),
+    # and batch * heads is not bound by CUDA's 65535 limit on the second grid axis.
+    query_blocks = tl.cdiv(seq_q, BLOCK_M)
+    pid = tl.program_id(0)
+    query_block = pid % query_blocks
+    batch_head = pid // query_blocks
     batch = (batch_head // heads).to(tl.int64)
     head = (batch_head % heads).to(tl.int64)
 
@@ -232,10 +244,17 @@ def _attention_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d_main = tl.arange(0, D_MAIN)
     offs_d_tail = D_MAIN + tl.arange(0, D_TAIL)
+    # Addresses in 64 bits: one (batch, head) slice of a (B, L, H, D) view can span more than
+    # 2^31 elements. Computed once per program; the key loop only advances pointers.
+    rows64 = offs_m.to(tl.int64)
+    cols64 = offs_n.to(tl.int64)
 
-    q_base = Q + batch * stride_qb + head * stride_qh + offs_m[:, None] * stride_qm
-    k_base = K + batch * stride_kb + head * stride_kh + offs_n[None, :] * stride_kn
-    v_base = V + batch * stride_vb + head * stride_vh + offs_n[:, None] * stride_vn
+    q_base = Q + batch * stride_qb + head * stride_qh + rows64[:, None] * stride_qm
+    k_base = K + batch * stride_kb + head * stride_kh + cols64[None, :] * stride_kn
+    v_base = V + batch * stride_vb + head * stride_vh + cols64[:, None] * stride_vn
+    # (An int64 scalar times the stride: strides equal to 1 arrive as constexprs.)
+    k_step = tl.full([], BLOCK_N, tl.int64) * stride_kn
+    v_step = tl.full([], BLOCK_N, tl.int64) * stride_vn
     q_main = _load_tile(
         q_base + offs_d_main[None, :] * stride_qd,
         offs_m,
@@ -273,21 +292,23 @@ def _attention_fwd_kernel(
     for start_n in range(0, full_end, BLOCK_N):
         acc_main, acc_tail, row_max, row_sum, row_ent = _attend_key_tile(
             acc_main, acc_tail, row_max, row_sum, row_ent, q_main, q_tail,
-            k_main_ptrs + start_n * stride_kn, k_tail_ptrs + start_n * stride_kn,
-            v_main_ptrs + start_n * stride_vn, v_tail_ptrs + start_n * stride_vn,
+            k_main_ptrs, k_tail_ptrs, v_main_ptrs, v_tail_ptrs,
             start_n, seq_k, qk_scale_log2, offs_n, offs_d_main, offs_d_tail,
             HEAD_DIM, D_MAIN, D_TAIL, HAS_TAIL, False, RETURN_ENTROPY, DOT_PRECISION,
         )  # fmt: skip
+        k_main_ptrs += k_step
+        k_tail_ptrs += k_step
+        v_main_ptrs += v_step
+        v_tail_ptrs += v_step
     if full_end < seq_k:
         acc_main, acc_tail, row_max, row_sum, row_ent = _attend_key_tile(
             acc_main, acc_tail, row_max, row_sum, row_ent, q_main, q_tail,
-            k_main_ptrs + full_end * stride_kn, k_tail_ptrs + full_end * stride_kn,
-            v_main_ptrs + full_end * stride_vn, v_tail_ptrs + full_end * stride_vn,
+            k_main_ptrs, k_tail_ptrs, v_main_ptrs, v_tail_ptrs,
             full_end, seq_k, qk_scale_log2, offs_n, offs_d_main, offs_d_tail,
             HEAD_DIM, D_MAIN, D_TAIL, HAS_TAIL, True, RETURN_ENTROPY, DOT_PRECISION,
         )  # fmt: skip
 
-    o_base = Out + batch * stride_ob + head * stride_oh + offs_m[:, None] * stride_om
+    o_base = Out + batch * stride_ob + head * stride_oh + rows64[:, None] * stride_om
     row_ok = offs_m < seq_q
     inv_sum = 1.0 / row_sum
     tl.store(
@@ -360,7 +381,7 @@ def flash_attention_forward(
     d_main, d_tail = head_dim_split(head_dim)
 
     def grid(meta):
-        return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]) * batch * heads,)
 
     _attention_fwd_kernel[grid](
         query,

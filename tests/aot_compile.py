@@ -14,12 +14,14 @@ import sys
 os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from entropy_attn.kernels import attention_fwd as fwd  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
+TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def jit_function():
@@ -77,17 +79,18 @@ def compile_variant(dtype: str, head_dim: int, arch: int, entropy: bool, config)
     }
 
 
-def autotune_configs(head_dim: int, seq_k: int):
-    """The CUDA autotuning configs the pruner keeps for this head dim and key length."""
+def autotune_configs(dtype: str, head_dim: int, seq_k: int):
+    """The CUDA autotuning configs the pruner keeps for this dtype, head dim and key length."""
     d_main, d_tail = fwd.head_dim_split(head_dim)
     kwargs = {"D_MAIN": d_main, "D_TAIL": max(d_tail, 16), "HAS_TAIL": d_tail > 0}
-    return fwd._prune_configs(fwd._cuda_configs(), {"seq_k": seq_k}, **kwargs)
+    query = torch.empty(0, dtype=TORCH_DTYPE[dtype])
+    return fwd._prune_configs(fwd._cuda_configs(), {"seq_k": seq_k, "Q": query}, **kwargs)
 
 
 def main(argv: list[str]) -> None:
     variants = json.loads(argv[0])
     for dtype, head_dim, arch, entropy, which in variants:
-        configs = autotune_configs(head_dim, 4096)
+        configs = autotune_configs(dtype, head_dim, 4096)
         for config in configs if which == "all" else configs[:1]:
             print(json.dumps(compile_variant(dtype, head_dim, arch, entropy, config)), flush=True)
 

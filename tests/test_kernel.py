@@ -241,3 +241,33 @@ def test_fp32_tf32_follows_pytorch_switch(precision, allow, monkeypatch, generat
     finally:
         torch.set_float32_matmul_precision(previous)
     assert seen == [allow]
+
+
+def _available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@pytest.mark.skipif(
+    DEVICE != "cpu" or _available_memory_bytes() < 12 * 2**30,
+    reason="needs a 5 GiB host buffer (run on CPU through the interpreter)",
+)
+def test_offsets_past_2_31_elements(generator):
+    """One (batch, head) slice spanning more than 2^31 elements: 64-bit addressing."""
+    row_stride, seq_q, head_dim = 2**26 + 2**24, 32, 16  # 31 rows apart > 2^31 elements
+    buffer = torch.zeros(row_stride * (seq_q - 1) + head_dim, dtype=torch.float16)
+    q = buffer.as_strided((1, 1, seq_q, head_dim), (0, 0, row_stride, 1))
+    rows = randn((seq_q, head_dim), torch.float16, generator)
+    for i in range(seq_q):
+        buffer[i * row_stride : i * row_stride + head_dim] = rows[i]
+    k = randn((1, 1, 40, head_dim), torch.float16, generator)
+    v = randn((1, 1, 40, head_dim), torch.float16, generator)
+    out = entropy_attn.attention(q, k, v, backend="triton")
+    expected = F.scaled_dot_product_attention(rows[None, None].double(), k.double(), v.double())
+    assert_close(out, expected, **TOLERANCES[torch.float16], what="64-bit offsets")

@@ -31,6 +31,7 @@ VARIANTS = [
     ("fp16", 160, 80, True, "first"),
     ("fp32", 40, 80, True, "first"),
     ("bf16", 256, 90, True, "first"),
+    ("fp32", 256, 90, True, "all"),  # the pruner must leave only configs that fit
 ]
 
 
