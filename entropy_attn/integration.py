@@ -15,6 +15,7 @@ at the training resolution, counted on the real architecture (see :mod:`entropy_
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -144,13 +145,18 @@ class _Plan:
     denoiser: torch.nn.Module
     train_latent: tuple[int, int]
     factor: int
-    train_tokens: dict[str, int]
-    rescale: dict[str, bool]
-    plain: dict[str, bool]
     text_tokens: int
+    train_tokens: dict[str, int]  # layers the token probe reached at the training size
+    rescale: dict[str, bool]  # reached layers: selected for the entropy-preserving scale
+    replace: dict[str, bool]  # reached layers: entropy-attn can reproduce their processor
+    unreached: list[str]  # attention modules that do not run in the denoiser's forward
 
 
-def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens) -> _Plan:
+def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, processors=None) -> _Plan:
+    """Work out T, the selection and the replaceable layers; change nothing.
+
+    ``processors`` overrides the processors to judge (the originals, when already enabled).
+    """
     denoiser = find_denoiser(pipe)
     factor = _vae_scale_factor(pipe, vae_scale_factor)
     if text_tokens is None:
@@ -164,24 +170,64 @@ def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens) -> _Plan:
     )
     select = _selector(layers)
     modules = attention_modules(denoiser)
+    processors = {name: module.processor for name, module in modules.items()} | (processors or {})
     counts = probe_tokens(denoiser, train_latent, text_tokens=text_tokens)
-    missing = sorted(set(modules) - set(counts))
-    if missing:
-        raise RuntimeError(
-            f"attention layers {missing[:3]} did not run when counting tokens at the training "
-            "size; entropy-attn cannot work out their T"
-        )
+    reached = {name: module for name, module in modules.items() if name in counts}
+    unreached = [name for name in modules if name not in counts]
+    if callable(layers):
+        chosen = [name for name in unreached if select(name, modules[name])]
+        if chosen:
+            raise ValueError(
+                f"layers selects {chosen[0]!r}, which does not run in the denoiser's forward "
+                "(e.g. an IP-Adapter image projection), so it has no training token count T"
+            )
     return _Plan(
         denoiser=denoiser,
         train_latent=train_latent,
         factor=factor,
-        train_tokens={name: counts[name].key_tokens for name in modules},
-        rescale={name: bool(select(name, module)) for name, module in modules.items()},
-        plain={
-            name: replacement_for(module.processor) is not None for name, module in modules.items()
-        },
         text_tokens=text_tokens,
+        train_tokens={name: counts[name].key_tokens for name in reached},
+        rescale={name: bool(select(name, module)) for name, module in reached.items()},
+        replace={name: replacement_for(processors[name]) is not None for name in reached},
+        unreached=unreached,
     )
+
+
+def _check_plan(plan: _Plan, processors: dict) -> None:
+    """Refuse what entropy-attn would get wrong or drop, before anything is changed."""
+    for name, selected in plan.rescale.items():
+        if not selected:
+            continue
+        if not plan.replace[name]:
+            raise ValueError(
+                f"layers selects {name!r}, whose processor {type(processors[name]).__name__} is "
+                "not one entropy-attn reproduces; replacing it would drop what it does. Exclude "
+                "such layers with layers=callable(name, module)."
+            )
+        if plan.train_tokens[name] <= 1:
+            raise ValueError(
+                f"layer {name!r} sees {plan.train_tokens[name]} key token at the training size "
+                f"{plan.train_latent} (latent): T must be > 1; pass a larger train_size"
+            )
+    if getattr(plan.denoiser, "_parallel_config", None) is not None or any(
+        getattr(processors[name], "_parallel_config", None) is not None for name in plan.replace
+    ):
+        raise ValueError(
+            "the denoiser runs context parallelism (enable_parallelism): entropy-attn's "
+            "processors attend over local keys only and would be wrong; not supported"
+        )
+    chosen = {
+        name: getattr(processors[name], "_attention_backend", None)
+        for name, ok in plan.replace.items()
+        if ok and getattr(processors[name], "_attention_backend", None) is not None
+    }
+    if chosen:
+        name, backend = next(iter(chosen.items()))
+        raise ValueError(
+            f"layer {name!r} uses the attention backend {backend!r} chosen with "
+            "set_attention_backend; entropy-attn replaces the attention call and would drop it. "
+            "Call reset_attention_backend() first."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,9 +334,15 @@ def enable(
         there before the first call.
 
     Raises:
-        ValueError: a selected layer has a processor other than a plain SDPA one (for example an
-            IP-Adapter processor), which entropy-attn would otherwise drop; exclude it with
-            ``layers=``.
+        ValueError: a selected layer has a processor entropy-attn does not reproduce (for example
+            an IP-Adapter processor), which it would otherwise drop (exclude it with ``layers=``);
+            a selected layer sees one key at the training size; the denoiser runs context
+            parallelism or a layer uses an attention backend chosen with
+            ``set_attention_backend``. Nothing is changed when ``enable`` raises, also when it
+            was enabled before.
+
+    Attention modules that do not run in the denoiser's forward (an IP-Adapter Plus image
+    projection, say) have no training token count; they are left as they are, with a warning.
     """
     if not isinstance(record_entropy, bool):
         raise TypeError(f"record_entropy must be a bool, got {type(record_entropy).__name__}")
@@ -298,24 +350,27 @@ def enable(
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     denoiser = find_denoiser(pipe)
     previous = getattr(denoiser, _HANDLE_ATTR, None)
+    # Judge the processors that were there before any enable, and fail before changing anything.
+    originals = dict(previous.original_processors) if previous is not None else {}
+    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, originals)
+    modules = attention_modules(denoiser)
+    processors = {name: module.processor for name, module in modules.items()} | originals
+    _check_plan(plan, processors)
+    if plan.unreached:
+        warnings.warn(
+            f"entropy-attn leaves {len(plan.unreached)} attention layer(s) that do not run in the "
+            f"denoiser's forward unchanged, e.g. {plan.unreached[0]!r}",
+            stacklevel=2,
+        )
     if previous is not None:
         previous.disable()
-    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens)
-    blocked = [name for name, on in plan.rescale.items() if on and not plan.plain[name]]
-    if blocked:
-        module = attention_modules(denoiser)[blocked[0]]
-        raise ValueError(
-            f"layers selects {blocked[0]!r}, whose processor {type(module.processor).__name__} "
-            "is not plain scaled-dot-product attention; entropy-attn would drop what it does. "
-            "Exclude such layers with layers=callable(name, module)."
-        )
     recorder = EntropyRecorder() if record_entropy else None
-    modules = attention_modules(denoiser)
-    originals = {}
-    for name, module in modules.items():
-        if not plan.plain[name]:
+    replaced = {}
+    for name, ok in plan.replace.items():
+        if not ok:
             continue
-        originals[name] = module.processor
+        module = modules[name]
+        replaced[name] = module.processor
         module.set_processor(
             replacement_for(module.processor)(
                 name,
@@ -326,7 +381,7 @@ def enable(
             )
         )
     hook = None if recorder is None else denoiser.register_forward_pre_hook(recorder.next_step)
-    handle = EntropyAttnHandle(denoiser, originals, plan.train_latent, plan, recorder, hook)
+    handle = EntropyAttnHandle(denoiser, replaced, plan.train_latent, plan, recorder, hook)
     setattr(denoiser, _HANDLE_ATTR, handle)
     return handle
 
@@ -365,16 +420,19 @@ def layer_table(
         layers, train_size, vae_scale_factor, text_tokens: as for :func:`enable`.
 
     Returns:
-        One :class:`LayerInfo` per attention layer, in module order: kind, heads, head dim,
-        N (keys at ``size``), T (keys at the training size) and the scale used at ``size``.
+        One :class:`LayerInfo` per attention layer that runs in the denoiser's forward, in
+        module order: kind, heads, head dim, N (keys at ``size``), T (keys at the training size)
+        and the scale used at ``size``.
     """
     plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens)
     latent = _pixels_to_latent(size, plan.factor, "size")
     counts = probe_tokens(plan.denoiser, latent, text_tokens=plan.text_tokens)
     rows = []
     for name, attn in attention_modules(plan.denoiser).items():
+        if name not in plan.train_tokens or name not in counts:
+            continue  # does not run in the denoiser's forward (see enable)
         n_tokens, train_tokens = counts[name].key_tokens, plan.train_tokens[name]
-        rescale = plan.rescale[name] and plan.plain[name]
+        rescale = plan.rescale[name] and plan.replace[name]
         base = base_scale_of(attn)
         rows.append(
             LayerInfo(

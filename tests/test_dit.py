@@ -272,3 +272,13 @@ def test_dit_pipelines(builder, options, train_tokens, text_len, monkeypatch):
     expected = generate_with_expected_scale(pipe, 64, 96, train_tokens, text_len, monkeypatch)
     assert_close(ours_other, expected, atol=1e-5, rtol=0, what=f"{builder} at 64x96")
     assert torch.equal(generate(pipe, 64, 96), stock_other)
+
+
+def test_chosen_attention_backend_is_not_dropped():
+    model = tiny_flux()
+    model.set_attention_backend("native")
+    with pytest.raises(ValueError, match="set_attention_backend"):
+        entropy_attn.enable(model, text_tokens=TEXT, train_size=128)
+    model.reset_attention_backend()
+    with entropy_attn.enabled(model, text_tokens=TEXT, train_size=128) as handle:
+        assert len(handle.rescaled_layers) == 3

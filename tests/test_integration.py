@@ -330,3 +330,74 @@ def test_pipeline_runs_real_triton_kernel():
     for a, b in zip(kernel_rows, torch_rows, strict=True):
         assert a["layer"] == b["layer"] and a["entropy"] == pytest.approx(b["entropy"], abs=5e-5)
     assert math.isfinite(kernel.abs().max().item())
+
+
+def with_ip_adapter_plus_projection(pipe):
+    """Attach an IP-Adapter Plus image projection: attention modules outside the forward."""
+    from diffusers.models.embeddings import (
+        IPAdapterPlusImageProjection,
+        MultiIPAdapterImageProjection,
+    )
+
+    unet = pipe.unet
+    unet.encoder_hid_proj = MultiIPAdapterImageProjection(
+        [
+            IPAdapterPlusImageProjection(
+                embed_dims=32,
+                output_dims=unet.config.cross_attention_dim,
+                hidden_dims=32,
+                depth=1,
+                dim_head=8,
+                heads=4,
+                num_queries=4,
+            )
+        ]
+    )
+    return [n for n in unet.attn_processors if n.startswith("encoder_hid_proj")]
+
+
+def test_layers_outside_the_forward_are_left_alone():
+    pipe = tiny_sd_pipeline()
+    outside = with_ip_adapter_plus_projection(pipe)
+    assert outside
+    before = dict(pipe.unet.attn_processors)
+    with pytest.warns(UserWarning, match="do not run in the denoiser's forward"):
+        handle = entropy_attn.enable(pipe)
+    after = pipe.unet.attn_processors
+    assert all(after[name] is before[name] for name in outside)
+    assert len(handle.rescaled_layers) == 7
+    assert not any(
+        r.name.startswith("encoder_hid_proj") for r in entropy_attn.layer_table(pipe, 64)
+    )
+    entropy_attn.disable(pipe)
+    # An explicit selection of such a layer is refused: it has no training token count.
+    with pytest.raises(ValueError, match="does not run in the denoiser's forward"):
+        entropy_attn.enable(pipe, layers=lambda name, attn: True)
+
+
+def test_failed_enable_leaves_the_previous_one_in_place():
+    pipe = tiny_sd_pipeline()
+    first = entropy_attn.enable(pipe)
+    processors = dict(pipe.unet.attn_processors)
+    with pytest.raises(ValueError, match="layers must be"):
+        entropy_attn.enable(pipe, layers="bogus")
+    assert first.active
+    assert all(pipe.unet.attn_processors[k] is v for k, v in processors.items())
+    entropy_attn.disable(pipe)
+
+
+def test_single_token_training_size_is_refused_at_enable():
+    pipe = tiny_sd_pipeline()
+    # 16 px -> latent 2x2 -> the 8x8 level of the tiny UNet sees 1x1 = 1 token: no ln T.
+    with pytest.raises(ValueError, match="T must be > 1"):
+        entropy_attn.enable(pipe, train_size=16)
+    assert not any(
+        isinstance(p, entropy_attn.EntropyAttnProcessor) for p in pipe.unet.attn_processors.values()
+    )
+
+
+def test_context_parallelism_is_refused():
+    pipe = tiny_sd_pipeline()
+    pipe.unet._parallel_config = object()
+    with pytest.raises(ValueError, match="context parallelism"):
+        entropy_attn.enable(pipe)
