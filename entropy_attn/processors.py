@@ -85,6 +85,17 @@ class _EntropyAttnBase:
 
     def attend(self, attn, query, key, value, attention_mask=None) -> torch.Tensor:
         """``(B, H, L, D)`` attention with this layer's scale; records entropy if asked."""
+        device_type = query.device.type
+        if torch.is_autocast_enabled(device_type):
+            # As SDPA under autocast: one low-precision dtype for q, k and v (a QK norm may have
+            # returned fp32 next to an fp16 value).
+            dtype = torch.get_autocast_dtype(device_type)
+            query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+        elif not query.dtype == key.dtype == value.dtype:
+            raise TypeError(
+                f"{self.name}: query, key and value dtypes differ "
+                f"({query.dtype}, {key.dtype}, {value.dtype})"
+            )
         head_dim = query.shape[-1]
         n_tokens = key.shape[2]
         scale = self.scale_for(attn, n_tokens)

@@ -401,3 +401,14 @@ def test_context_parallelism_is_refused():
     pipe.unet._parallel_config = object()
     with pytest.raises(ValueError, match="context parallelism"):
         entropy_attn.enable(pipe)
+
+
+def test_autocast_gives_one_dtype_like_sdpa():
+    pipe = tiny_sd_pipeline()
+    latents, t, context = unet_inputs(pipe, 64, 96)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        stock = pipe.unet(latents, t, context).sample
+        with entropy_attn.enabled(pipe, train_size=(64, 96)):  # N == T: stock scale everywhere
+            ours = pipe.unet(latents, t, context).sample
+    assert ours.dtype == stock.dtype
+    assert torch.equal(ours, stock)
