@@ -18,19 +18,13 @@ Excluded: building the model, input creation, warm-up calls (Triton autotuning, 
 convolution plans), the peak-memory call. Included: everything one ``unet(...)`` call does.
 Times use a timer that synchronises the device; the median over rounds is reported. Peak memory
 is ``torch.cuda.max_memory_allocated`` after a reset (weights included).
-
-The module skips, with the reason, until ``entropy_attn.enable``/``disable`` and
-``entropy_attn.configs.load_unet_config`` exist.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
-import entropy_attn
 from benchmarks.common import (
     UNET_MODES,
     cuda_sync_timer,
@@ -49,16 +43,6 @@ pytestmark = [
     pytest.mark.benchmark(timer=cuda_sync_timer),
 ]
 
-if not (hasattr(entropy_attn, "enable") and hasattr(entropy_attn, "disable")):
-    pytest.skip(
-        "entropy_attn.enable/disable do not exist yet: nothing to compare with stock diffusers",
-        allow_module_level=True,
-    )
-if importlib.util.find_spec("entropy_attn.configs") is None:
-    pytest.skip(
-        "entropy_attn.configs does not exist yet: no shipped UNet configs to build from",
-        allow_module_level=True,
-    )
 diffusers = pytest.importorskip("diffusers", reason="the UNet benchmarks need diffusers")
 
 from entropy_attn.configs import load_unet_config  # noqa: E402

@@ -10,8 +10,7 @@ stock after each mode (checked). Latent sizes: 16 (the config's ``sample_size``,
 and 32 (``N = 4 T`` at every level, where the scale differs from ``1/sqrt(d)``).
 
 Excluded: building the model, input creation, warm-up calls. Times are ``time.perf_counter`` wall
-times, median over rounds. The module skips, with the reason, until ``entropy_attn.enable`` and
-``entropy_attn.disable`` exist.
+times, median over rounds.
 """
 
 from __future__ import annotations
@@ -21,16 +20,10 @@ import time
 import pytest
 import torch
 
-import entropy_attn
 from benchmarks.common import UNET_MODES, record, run_unet_mode, unet_inputs
 
 pytestmark = [pytest.mark.cpu_bench, pytest.mark.unet_bench]
 
-if not (hasattr(entropy_attn, "enable") and hasattr(entropy_attn, "disable")):
-    pytest.skip(
-        "entropy_attn.enable/disable do not exist yet: nothing to compare with stock diffusers",
-        allow_module_level=True,
-    )
 diffusers = pytest.importorskip("diffusers", reason="the UNet benchmarks need diffusers")
 
 DEVICE = "cpu"
