@@ -36,7 +36,13 @@ from pathlib import Path
 
 import torch
 
-from .integration import enable, find_denoiser, training_latent_size
+from .integration import (
+    _vae_scale_factor,
+    enable,
+    find_denoiser,
+    pixel_size,
+    training_latent_size,
+)
 from .ops import BACKENDS, attention
 from .scale import log_scale
 
@@ -337,18 +343,6 @@ class LayerEntropy:
         return row
 
 
-def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if (
-        not isinstance(size, tuple | list)
-        or len(size) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
-    ):
-        raise ValueError(f"size must be (height, width) in pixels, positive ints; got {size!r}")
-    return int(size[0]), int(size[1])
-
-
 def _layers_for(method: str):
     if method == "stock":
         return lambda name, module: False
@@ -461,7 +455,7 @@ def recording(
     ``"entropy-attn"`` self-attention is rescaled. ``size`` (pixels) labels the rows; the
     caller runs the model at that size. The processors are removed on exit.
     """
-    height, width = _size_hw(size)
+    height, width = pixel_size(size)
     if "layers" in enable_options or "record_entropy" in enable_options:
         raise ValueError("recording sets layers= and record_entropy= itself (see method=)")
     handle = enable(
@@ -508,7 +502,7 @@ def layer_entropy(
     Returns:
         One :class:`LayerEntropy` per attention layer (self and cross), in call order.
     """
-    height, width = _size_hw(size)
+    height, width = pixel_size(size)
     steps = _positive_int("steps", steps)
     _layers_for(method)
     pipeline = _is_pipeline(model)
@@ -620,9 +614,9 @@ def fit_levels(rows: Iterable[LayerEntropy]) -> list[LevelFit]:
 
 def training_size(model, vae_scale_factor: int | None = None) -> tuple[int, int]:
     """A pipeline's or denoiser's training image size in pixels, ``(height, width)``."""
-    factor = vae_scale_factor or getattr(model, "vae_scale_factor", None) or 8
-    height, width = training_latent_size(find_denoiser(model))
-    return height * int(factor), width * int(factor)
+    factor = _vae_scale_factor(model, vae_scale_factor)
+    height, width = training_latent_size(find_denoiser(model), model)
+    return height * factor, width * factor
 
 
 # ---------------------------------------------------------------------------------------------

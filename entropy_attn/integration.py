@@ -88,8 +88,9 @@ def _vae_scale_factor(pipe, override: int | None) -> int:
     return int(factor) if isinstance(factor, int) and factor >= 1 else 8
 
 
-def _pixels_to_latent(size, factor: int, what: str) -> tuple[int, int]:
-    if isinstance(size, int):
+def pixel_size(size, what: str = "size") -> tuple[int, int]:
+    """``(height, width)`` in pixels from one int or a pair of positive ints."""
+    if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     if (
         not isinstance(size, tuple | list)
@@ -97,10 +98,14 @@ def _pixels_to_latent(size, factor: int, what: str) -> tuple[int, int]:
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
     ):
         raise ValueError(f"{what} must be (height, width) in pixels, positive ints; got {size!r}")
-    height, width = size
+    return int(size[0]), int(size[1])
+
+
+def _pixels_to_latent(size, factor: int, what: str) -> tuple[int, int]:
+    height, width = pixel_size(size, what)
     if height % factor or width % factor:
         raise ValueError(
-            f"{what} {tuple(size)} must be a multiple of the VAE scale factor {factor} "
+            f"{what} {(height, width)} must be a multiple of the VAE scale factor {factor} "
             "(pixels per latent pixel)"
         )
     return height // factor, width // factor
