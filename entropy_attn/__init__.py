@@ -10,11 +10,14 @@ Jin et al., "Training-free Diffusion Model Adaptation for Variable-Sized Text-to
     entropy_attn.disable(pipe)
 """
 
+from ._source_tree import install_kernels_finder
 from .integration import EntropyAttnHandle, LayerInfo, disable, enable, enabled, layer_table
 from .ops import attention
 from .processors import EntropyAttnProcessor, EntropyFluxAttnProcessor, EntropyJointAttnProcessor
 from .reference import attention_entropy, attention_reference
 from .scale import log_scale
+
+install_kernels_finder()
 
 __version__ = "0.1.0"
 
