@@ -8,9 +8,12 @@ Expected token counts are computed by hand from the UNet's stride-2 downsampling
 from __future__ import annotations
 
 import math
+import os
 import re
 
+import numpy as np
 import pytest
+import torch
 
 import entropy_attn
 from entropy_attn import configs
@@ -151,3 +154,72 @@ def test_sdxl_attention_only_at_64_and_32():
 def test_unknown_architecture_is_named():
     with pytest.raises(ValueError, match="unknown architecture 'sd9'"):
         configs.load_unet_config("sd9")
+
+
+@pytest.mark.parametrize("name", configs.PIPELINES)
+def test_build_pipeline_has_the_real_architecture(name: str) -> None:
+    """Every network of the random-weight pipeline is built from the shipped configs."""
+    pipe = configs.build_pipeline(name, device="meta")
+    assert dict(pipe.unet.config) | configs.load_unet_config(name) == dict(pipe.unet.config)
+    assert pipe.unet.device.type == "meta"
+    scheduler = configs.load_config(name, "scheduler")
+    assert type(pipe.scheduler).__name__ == scheduler["_class_name"]
+    assert pipe.scheduler.config.beta_schedule == scheduler["beta_schedule"]
+    if name == "ldm-256":
+        bert = configs.load_config(name, "bert")
+        assert type(pipe).__name__ == "LDMTextToImagePipeline"
+        assert pipe.bert.config.d_model == bert["d_model"] == 1280
+        assert len(pipe.bert.model.layers) == bert["encoder_layers"] == 32
+        text_encoder, vocab = pipe.bert, bert["vocab_size"]
+        assert (
+            pipe.vqvae.config.block_out_channels
+            == (configs.load_config(name, "vqvae")["block_out_channels"])
+        )
+    else:
+        text = configs.load_config(name, "text_encoder")
+        assert type(pipe).__name__ == "StableDiffusionPipeline"
+        assert pipe.text_encoder.config.hidden_size == text["hidden_size"]
+        assert pipe.text_encoder.config.num_hidden_layers == text["num_hidden_layers"]
+        assert pipe.unet.config.cross_attention_dim == text["hidden_size"]
+        text_encoder, vocab = pipe.text_encoder, text["vocab_size"]
+        assert (
+            list(pipe.vae.config.block_out_channels)
+            == (configs.load_config(name, "vae")["block_out_channels"])
+        )
+    assert all(not p.requires_grad for p in text_encoder.parameters())
+    # The stand-in tokenizer pads to the real 77 tokens, with ids the real embedding table has.
+    ids = pipe.tokenizer("a red bicycle", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and max(ids) < vocab
+
+
+def test_build_pipeline_names_the_bad_argument() -> None:
+    with pytest.raises(ValueError, match="name must be one of"):
+        configs.build_pipeline("sdxl-base", device="meta")
+
+
+@pytest.mark.skipif(
+    os.environ.get("ENTROPY_ATTN_SLOW") != "1", reason="slow (real pipelines on CPU)"
+)
+@pytest.mark.parametrize("name", ["sd21-base", "ldm-256"])
+def test_build_pipeline_generates_and_enable_changes_it(name: str) -> None:
+    """A whole real-architecture generation on CPU (64 px, 2 steps), stock and enabled."""
+    pipe = configs.build_pipeline(name)
+
+    def generate():
+        generator = torch.Generator().manual_seed(0)
+        return pipe(
+            "a red bicycle",
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            guidance_scale=7.5,
+            generator=generator,
+            output_type="np",
+        ).images
+
+    stock = generate()
+    assert stock.shape == (1, 64, 64, 3) and np.isfinite(stock).all()
+    with entropy_attn.enabled(pipe):
+        changed = generate()
+    assert np.isfinite(changed).all() and np.abs(changed - stock).max() > 1e-3
+    assert np.array_equal(generate(), stock)

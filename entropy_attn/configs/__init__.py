@@ -78,10 +78,85 @@ def build_denoiser(name: str, *, device=None, dtype=None):
 
 build_unet = build_denoiser
 
+# Architectures whose whole text-to-image pipeline ships (text encoder, autoencoder, scheduler).
+PIPELINES = ("sd21-base", "sd15", "ldm-256")
+
+
+def build_pipeline(name: str, *, device=None, dtype=None, seed: int = 0):
+    """The architecture's whole text-to-image pipeline with random weights, for speed measurements.
+
+    ``"sd21-base"`` and ``"sd15"`` give a ``StableDiffusionPipeline`` (CLIP text encoder,
+    ``AutoencoderKL``, UNet, the published scheduler), ``"ldm-256"`` an ``LDMTextToImagePipeline``
+    (LDMBert, KL autoencoder, UNet, DDIM). Every network has the real architecture, so a call costs
+    what the real model's call costs; the weights are random (seeded) and the tokenizer is a small
+    stand-in (the real vocabularies are not shipped), which pads every prompt to the real 77
+    tokens. The images are noise: load real weights with ``from_pretrained`` (see README).
+
+    ``device="meta"`` builds it without allocating (to inspect the structure).
+    """
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..tiny import tiny_bert_tokenizer, tiny_clip_tokenizer
+
+    if name not in PIPELINES:
+        raise ValueError(
+            f"name must be one of {PIPELINES} (architectures that ship a whole pipeline), "
+            f"got {name!r}"
+        )
+    scheduler_config = load_config(name, "scheduler")
+    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    device = torch.device(device or "cpu")
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices), device:
+        torch.manual_seed(seed)
+        unet = diffusers.UNet2DConditionModel.from_config(load_unet_config(name))
+        if name == "ldm-256":
+            from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (
+                LDMBertConfig,
+                LDMBertModel,
+            )
+
+            fields = {k: v for k, v in load_config(name, "bert").items() if not k.startswith("_")}
+            text_encoder = LDMBertModel(LDMBertConfig(**fields))
+            autoencoder = diffusers.AutoencoderKL.from_config(load_config(name, "vqvae"))
+        else:
+            text_encoder = CLIPTextModel(CLIPTextConfig(**load_config(name, "text_encoder")))
+            autoencoder = diffusers.AutoencoderKL.from_config(load_config(name, "vae"))
+    modules = [unet, text_encoder, autoencoder]
+    if dtype is not None:
+        modules = [module.to(dtype) for module in modules]
+    unet, text_encoder, autoencoder = (module.eval().requires_grad_(False) for module in modules)
+    if name == "ldm-256":
+        pipe = diffusers.LDMTextToImagePipeline(
+            vqvae=autoencoder,
+            bert=text_encoder,
+            tokenizer=tiny_bert_tokenizer(),
+            unet=unet,
+            scheduler=scheduler,
+        )
+    else:
+        pipe = diffusers.StableDiffusionPipeline(
+            vae=autoencoder,
+            text_encoder=text_encoder,
+            tokenizer=tiny_clip_tokenizer(),
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 __all__ = [
     "ARCHITECTURES",
     "HUB_IDS",
+    "PIPELINES",
     "build_denoiser",
+    "build_pipeline",
     "build_unet",
     "load_config",
     "load_unet_config",
