@@ -236,7 +236,8 @@ class TimingPlan:
         min_rounds: at least this many rounds (the median is over rounds).
         max_rounds: at most this many rounds (bounds the raw data kept in the result file).
         round_s: each round runs enough back-to-back calls to last about this long, so that the
-            timer's own cost (a device synchronisation) is small against what it measures.
+            timer's own cost (a device synchronisation) is small against what it measures. At 0
+            every round is one call and there are exactly ``min_rounds`` rounds.
         warmup_rounds: untimed rounds before the timed ones (after the caller's own warm-up).
     """
 
@@ -254,18 +255,21 @@ def timed_rounds(
 
     Returns the chosen ``{"rounds": ..., "iterations": ...}`` (also stored in ``extra_info``).
     """
-    calls = 0
-    start = timer()
-    while True:
-        fn()
-        calls += 1
-        elapsed = timer() - start
-        if elapsed >= plan.round_s or calls >= 1000:
-            break
-    per_call = max(elapsed / calls, 1e-9)
-    iterations = max(1, math.ceil(plan.round_s / per_call))
-    rounds = math.ceil(plan.budget_s / (per_call * iterations))
-    rounds = min(max(rounds, plan.min_rounds), plan.max_rounds)
+    if plan.round_s <= 0:  # calls of seconds (a whole generation): one a round, no calibration
+        iterations, rounds = 1, plan.min_rounds
+    else:
+        calls = 0
+        start = timer()
+        while True:
+            fn()
+            calls += 1
+            elapsed = timer() - start
+            if elapsed >= plan.round_s or calls >= 1000:
+                break
+        per_call = max(elapsed / calls, 1e-9)
+        iterations = max(1, math.ceil(plan.round_s / per_call))
+        rounds = math.ceil(plan.budget_s / (per_call * iterations))
+        rounds = min(max(rounds, plan.min_rounds), plan.max_rounds)
     benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=plan.warmup_rounds)
     return {"rounds": rounds, "iterations": iterations}
 
@@ -413,54 +417,53 @@ def processor_names(unet) -> list[str]:
     return sorted({type(proc).__name__ for proc in unet.attn_processors.values()})
 
 
-def run_unet_mode(
+def run_mode(
     benchmark,
-    unet,
-    inputs: dict[str, torch.Tensor],
+    target,
+    call: Callable[[], object],
     mode: str,
     timer: Callable[[], float],
     plan: TimingPlan,
     *,
     cuda: bool,
+    warmup_calls: int = WARMUP_CALLS,
 ) -> dict[str, Any]:
-    """Time one UNet forward (one denoising step) in ``mode``; returns fields for ``record``.
+    """Time ``call`` with ``target`` (a UNet or a pipeline) in ``mode``; returns fields for
+    ``record``.
 
     ``mode`` is ``"stock"`` (diffusers' own processors), ``"enable"``
-    (``entropy_attn.enable(unet)``) or ``"enable-record-entropy"``
-    (``entropy_attn.enable(unet, record_entropy=True)``; whatever the handle records during the
-    timed rounds is part of the measured cost). ``entropy_attn.disable(unet)`` runs afterwards,
+    (``entropy_attn.enable(target)``) or ``"enable-record-entropy"``
+    (``entropy_attn.enable(target, record_entropy=True)``; whatever the handle records during the
+    timed rounds is part of the measured cost). ``entropy_attn.disable(target)`` runs afterwards,
     and the test fails if the stock processor objects are not back.
     """
     import entropy_attn
 
     if mode not in UNET_MODES:
         raise ValueError(f"mode must be one of {UNET_MODES}, got {mode!r}")
+    unet = getattr(target, "unet", target)
     stock = dict(unet.attn_processors)
     enabled = mode != "stock"
     recording = mode == "enable-record-entropy"
     records = None
     if enabled:
-        handle = entropy_attn.enable(unet, record_entropy=recording)
+        handle = entropy_attn.enable(target, record_entropy=recording)
     try:
         processors = processor_names(unet)
-
-        @torch.inference_mode()
-        def step():
-            return unet(**inputs, return_dict=False)[0]
-
-        warm_up(step)  # not ``probe``: a UNet step that raises is a bug, not a shape to skip
+        # ``warm_up``, not ``probe``: a step that raises is a bug, not a shape to skip.
+        warm_up(call, warmup_calls)
         peak = extra = None
         if cuda:
-            peak, extra = cuda_peak_memory(step)
-        plan_used = timed_rounds(benchmark, step, timer, plan)
-        if recording and hasattr(handle, "entropy_rows"):
+            peak, extra = cuda_peak_memory(call)
+        plan_used = timed_rounds(benchmark, call, timer, plan)
+        if recording:
             records = len(handle.entropy_rows())  # evidence that recording was on
     finally:
         if enabled:
-            entropy_attn.disable(unet)
+            entropy_attn.disable(target)
     restored = unet.attn_processors
     assert set(restored) == set(stock) and all(restored[k] is v for k, v in stock.items()), (
-        "entropy_attn.disable(unet) did not put back the stock processor objects"
+        "entropy_attn.disable did not put back the stock processor objects"
     )
     return {
         "processors": processors,
@@ -471,8 +474,74 @@ def run_unet_mode(
     }
 
 
+def run_unet_mode(
+    benchmark,
+    unet,
+    inputs: dict[str, torch.Tensor],
+    mode: str,
+    timer: Callable[[], float],
+    plan: TimingPlan,
+    *,
+    cuda: bool,
+) -> dict[str, Any]:
+    """Time one UNet forward (one denoising step) on ``inputs`` in ``mode`` (see
+    :func:`run_mode`)."""
+
+    @torch.inference_mode()
+    def step():
+        return unet(**inputs, return_dict=False)[0]
+
+    return run_mode(benchmark, unet, step, mode, timer, plan, cuda=cuda)
+
+
+GENERATION_STEPS = 50
+GUIDANCE_SCALE = 7.5
+GENERATION_PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def generation_call(pipe, image_size: int, steps: int = GENERATION_STEPS, seed: int = 0):
+    """One whole text-to-image generation as a zero-argument callable: text encoding, ``steps``
+    denoising steps with classifier-free guidance (a UNet batch of 2) and the autoencoder's
+    decode, returning the images as a tensor (no PIL conversion)."""
+    device = pipe.unet.device
+
+    @torch.inference_mode()
+    def generate():
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return pipe(
+            GENERATION_PROMPT,
+            height=image_size,
+            width=image_size,
+            num_inference_steps=steps,
+            guidance_scale=GUIDANCE_SCALE,
+            generator=generator,
+            output_type="pt",
+        ).images
+
+    return generate
+
+
+def run_generation_mode(
+    benchmark,
+    pipe,
+    image_size: int,
+    mode: str,
+    timer: Callable[[], float],
+    plan: TimingPlan,
+    *,
+    cuda: bool,
+    steps: int = GENERATION_STEPS,
+) -> dict[str, Any]:
+    """Time one whole generation of ``pipe`` at ``image_size``² in ``mode`` (see
+    :func:`run_mode`); one untimed generation warms up (Triton autotuning, cuDNN plans)."""
+    call = generation_call(pipe, image_size, steps)
+    fields = run_mode(benchmark, pipe, call, mode, timer, plan, cuda=cuda, warmup_calls=1)
+    return {**fields, "steps": steps, "guidance_scale": GUIDANCE_SCALE}
+
+
 __all__ = [
     "CFG_BATCH",
+    "GENERATION_STEPS",
     "INTERPRETER_CASE",
     "SDPA_BACKEND_NAMES",
     "TEXT_TOKENS",
@@ -496,6 +565,9 @@ __all__ = [
     "probe",
     "processor_names",
     "record",
+    "generation_call",
+    "run_generation_mode",
+    "run_mode",
     "run_unet_mode",
     "sd_cases",
     "timed_rounds",

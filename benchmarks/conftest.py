@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=None,
         help="target seconds of timed rounds per benchmark (default: 0.3 on CUDA, 1.0 on CPU, "
-        "3.0 for a UNet step on CUDA)",
+        "3.0 for a UNet step on CUDA; a whole generation always runs 3 rounds of one call)",
     )
     group.addoption(
         "--bench-max-rounds",
@@ -90,6 +90,16 @@ def cpu_plan(pytestconfig: pytest.Config) -> TimingPlan:
 def unet_plan(pytestconfig: pytest.Config) -> TimingPlan:
     """Timing plan of one CUDA UNet-step benchmark."""
     return _plan(pytestconfig, default_budget=3.0, min_rounds=10)
+
+
+GENERATION_ROUNDS = 3
+
+
+@pytest.fixture(scope="session")
+def generation_plan() -> TimingPlan:
+    """Timing plan of one whole generation (seconds a call): three rounds of one call."""
+    rounds = GENERATION_ROUNDS
+    return TimingPlan(0.0, min_rounds=rounds, max_rounds=rounds, round_s=0.0, warmup_rounds=0)
 
 
 def _record_skip(nodeid: str, longrepr: object) -> None:

@@ -233,13 +233,14 @@ def _row_order(row: ShapeRow) -> tuple:
 
 @dataclass(frozen=True)
 class UnetRow:
-    """One UNet step (model, size, device, dtype) in its three modes."""
+    """One UNet step or one whole generation (model, size, device, dtype) in its three modes."""
 
     device: str
     dtype: str
     model: str
     image_size: int
     modes: dict[str, Entry]
+    impl: str = "unet"
 
     def ratio(self, mode: str) -> float | None:
         stock, other = self.modes.get("stock"), self.modes.get(mode)
@@ -248,11 +249,12 @@ class UnetRow:
         return other.median_s / stock.median_s
 
 
-def unet_rows(result: ResultFile) -> list[UnetRow]:
-    """Group the UNet-step entries of one file by (device, dtype, model, size)."""
+def unet_rows(result: ResultFile, impl: str = "unet") -> list[UnetRow]:
+    """Group the entries of one file with ``impl`` (``"unet"``: one step, ``"generation"``: a
+    whole generation) by (device, dtype, model, size)."""
     groups: dict[tuple, dict[str, Entry]] = defaultdict(dict)
     for entry in result.entries:
-        if entry.get("impl") == "unet":
+        if entry.get("impl") == impl:
             key = (
                 entry.get("device"),
                 entry.get("dtype"),
@@ -260,7 +262,7 @@ def unet_rows(result: ResultFile) -> list[UnetRow]:
                 entry.get("image_size"),
             )
             groups[key][entry.get("variant")] = entry
-    rows = [UnetRow(*key, modes=modes) for key, modes in groups.items()]
+    rows = [UnetRow(*key, modes=modes, impl=impl) for key, modes in groups.items()]
     rows.sort(key=lambda r: (str(r.device), str(r.model), r.image_size or 0, str(r.dtype)))
     return rows
 
@@ -317,7 +319,12 @@ def _fused_in_scope(row: ShapeRow) -> bool:
 
 
 def _is_sd21_768(row: UnetRow) -> bool:
-    return row.device == "cuda" and row.model == "sd21-base" and row.image_size == 768
+    return (
+        row.impl == "unet"
+        and row.device == "cuda"
+        and row.model == "sd21-base"
+        and row.image_size == 768
+    )
 
 
 def _is_cuda_kernel(row: ShapeRow) -> bool:
@@ -663,7 +670,7 @@ def _unet_lines(rows: list[UnetRow]) -> list[str]:
             if r_record is not None:
                 parts.append(f"record <= 1.08x: {_mark(r_record <= 1.08)}")
             target = "; ".join(parts) or "—"
-        elif row.device == "cpu" and r_enable is not None:
+        elif row.impl == "unet" and row.device == "cpu" and r_enable is not None:
             target = f"enable <= 1.05x: {_mark(r_enable <= 1.05)}"
         peaks = " / ".join(
             fmt_mib(e.get("peak_mem_bytes") if e else None) for e in (stock, enable, record)
@@ -690,6 +697,7 @@ def render_markdown(result: ResultFile, plot_name: str | None = None) -> str:
     """The whole report of one result file as Markdown."""
     rows = shape_rows(result)
     unet = unet_rows(result)
+    generation = unet_rows(result, "generation")
     targets = evaluate_targets(result)
     lines = [
         f"# Benchmark report: {result.path.name}",
@@ -730,6 +738,18 @@ def render_markdown(result: ResultFile, plot_name: str | None = None) -> str:
         ]
     if unet:
         lines += ["## UNet step", "", *_unet_lines(unet), ""]
+    if generation:
+        steps = sorted({e.get("steps") for r in generation for e in r.modes.values()}, key=str)
+        lines += [
+            "## Whole generation",
+            "",
+            f"`pipe(prompt, ...)` with {', '.join(map(str, steps))} steps and classifier-free "
+            "guidance: text encoding, every denoising step, the autoencoder's decode. No target "
+            "covers it; it shows what the UNet-step ratios mean for a user's call.",
+            "",
+            *_unet_lines(generation),
+            "",
+        ]
     if plot_name:
         lines += ["## TFLOP/s vs N", "", f"![TFLOP/s vs N per head dim]({plot_name})", ""]
     if result.skipped:

@@ -18,6 +18,13 @@ Excluded: building the model, input creation, warm-up calls (Triton autotuning, 
 convolution plans), the peak-memory call. Included: everything one ``unet(...)`` call does.
 Times use a timer that synchronises the device; the median over rounds is reported. Peak memory
 is ``torch.cuda.max_memory_allocated`` after a reset (weights included).
+
+``test_generation`` times one whole 50-step generation (``pipe(prompt, height, width,
+num_inference_steps=50, guidance_scale=7.5, output_type="pt")``: text encoding, 50 guided UNet
+steps, scheduler, autoencoder decode) of the whole pipeline built by
+``entropy_attn.configs.build_pipeline`` (every network of the real architecture, random weights,
+fp16) in the same three modes: SD-2.1-base at 512² and 768², LDM-256 at 256² and 512². One
+untimed generation warms up, one measures peak memory, three are timed (median reported).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from benchmarks.common import (
     UNET_MODES,
     cuda_sync_timer,
     record,
+    run_generation_mode,
     run_unet_mode,
     unet_inputs,
 )
@@ -45,7 +53,7 @@ pytestmark = [
 
 diffusers = pytest.importorskip("diffusers", reason="the UNet benchmarks need diffusers")
 
-from entropy_attn.configs import load_unet_config  # noqa: E402
+from entropy_attn.configs import build_pipeline, load_unet_config  # noqa: E402
 
 DEVICE = "cuda"
 DTYPE = torch.float16
@@ -54,7 +62,10 @@ UNET_SIZES = {
     "ldm-256": (128, 256, 384, 512),
 }
 CASES = [(model, size) for model, sizes in UNET_SIZES.items() for size in sizes]
+GENERATION_SIZES = {"sd21-base": (512, 768), "ldm-256": (256, 512)}
+GENERATION_CASES = [(model, size) for model, sizes in GENERATION_SIZES.items() for size in sizes]
 _UNETS: dict[str, object] = {}
+_PIPELINES: dict[str, object] = {}
 
 
 def _unet(model: str):
@@ -68,10 +79,21 @@ def _unet(model: str):
     return _UNETS[model]
 
 
+def _pipeline(model: str):
+    """The whole pipeline built once per session (real architecture, random weights, fp16)."""
+    if model not in _PIPELINES:
+        _UNETS.clear()  # one model on the device at a time
+        _PIPELINES.clear()
+        torch.cuda.empty_cache()
+        _PIPELINES[model] = build_pipeline(model, device=DEVICE, dtype=DTYPE)
+    return _PIPELINES[model]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _free_models():
     yield
     _UNETS.clear()
+    _PIPELINES.clear()
     torch.cuda.empty_cache()
 
 
@@ -96,5 +118,32 @@ def test_unet_step(benchmark, model: str, image_size: int, mode: str, unet_plan)
         image_size=image_size,
         latent_size=latent,
         batch=inputs["sample"].shape[0],
+        **fields,
+    )
+
+
+@pytest.mark.parametrize("mode", UNET_MODES)
+@pytest.mark.parametrize(
+    ("model", "image_size"), GENERATION_CASES, ids=[f"{m}-{s}px" for m, s in GENERATION_CASES]
+)
+def test_generation(benchmark, model: str, image_size: int, mode: str, generation_plan) -> None:
+    """One whole 50-step generation of ``model`` at ``image_size``² in ``mode``."""
+    pipe = _pipeline(model)
+    benchmark.group = f"{DEVICE} generation {model} {image_size}px"
+    fields = run_generation_mode(
+        benchmark, pipe, image_size, mode, cuda_sync_timer, generation_plan, cuda=True
+    )
+    record(
+        benchmark,
+        device=DEVICE,
+        dtype=DTYPE,
+        impl="generation",
+        variant=mode,
+        entropy=mode == "enable-record-entropy",
+        baseline=f"{type(pipe).__name__}.__call__, {fields['steps']} steps, {mode}",
+        model=model,
+        image_size=image_size,
+        latent_size=image_size // 8,
+        batch=2,
         **fields,
     )

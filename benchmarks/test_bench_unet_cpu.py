@@ -11,6 +11,10 @@ and 32 (``N = 4 T`` at every level, where the scale differs from ``1/sqrt(d)``).
 
 Excluded: building the model, input creation, warm-up calls. Times are ``time.perf_counter`` wall
 times, median over rounds.
+
+``test_tiny_generation_cpu`` times a whole generation (``pipe(prompt, ...)``, 4 guided steps,
+256 px, ``output_type="pt"``) of ``entropy_attn.tiny.tiny_sd_pipeline`` (trained size 128 px) in
+the same three modes: the code path of the CUDA 50-step generation benchmark, at a size CI runs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ import time
 import pytest
 import torch
 
-from benchmarks.common import UNET_MODES, record, run_unet_mode, unet_inputs
+from benchmarks.common import (
+    UNET_MODES,
+    record,
+    run_generation_mode,
+    run_unet_mode,
+    unet_inputs,
+)
 
 pytestmark = [pytest.mark.cpu_bench, pytest.mark.unet_bench]
 
@@ -73,6 +83,50 @@ def test_tiny_unet_step_cpu(benchmark, tiny_unet, latent_size: int, mode: str, c
         image_size=latent_size * 8,
         latent_size=latent_size,
         batch=inputs["sample"].shape[0],
+        torch_num_threads=torch.get_num_threads(),
+        **fields,
+    )
+
+
+GENERATION_SIZE = 256
+GENERATION_STEPS_CPU = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    from entropy_attn.tiny import tiny_sd_pipeline
+
+    return tiny_sd_pipeline()
+
+
+@pytest.mark.parametrize("mode", UNET_MODES)
+def test_tiny_generation_cpu(benchmark, tiny_pipe, mode: str, generation_plan) -> None:
+    """One whole generation of the tiny SD pipeline at 256² in ``mode``."""
+    benchmark.group = f"{DEVICE} generation tiny-sd {GENERATION_SIZE}px"
+    fields = run_generation_mode(
+        benchmark,
+        tiny_pipe,
+        GENERATION_SIZE,
+        mode,
+        time.perf_counter,
+        generation_plan,
+        cuda=False,
+        steps=GENERATION_STEPS_CPU,
+    )
+    if mode == "enable-record-entropy":  # 4 steps, 2 self-attention layers a step
+        assert fields["entropy_records"] >= GENERATION_STEPS_CPU * 2
+    record(
+        benchmark,
+        device=DEVICE,
+        dtype=DTYPE,
+        impl="generation",
+        variant=mode,
+        entropy=mode == "enable-record-entropy",
+        baseline=f"StableDiffusionPipeline.__call__, {fields['steps']} steps, {mode}",
+        model="tiny-sd",
+        image_size=GENERATION_SIZE,
+        latent_size=GENERATION_SIZE // 8,
+        batch=2,
         torch_num_threads=torch.get_num_threads(),
         **fields,
     )

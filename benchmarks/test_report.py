@@ -104,11 +104,14 @@ SHAPE_B = _attention("sd1x-self-768px-L1", "sd1x", 2, 8, 2304, 2304, 80)
 SHAPE_C = _attention("sd21-self-224px-L2", "sd21", 2, 20, 49, 49, 64)  # below N = 784
 
 
-def _unet(model: str, size: int, mode: str, seconds: float, device: str) -> dict:
+def _unet(
+    model: str, size: int, mode: str, seconds: float, device: str, impl: str = "unet"
+) -> dict:
     return _bench(
-        f"unet-{model}-{size}-{mode}",
+        f"{impl}-{model}-{size}-{mode}",
         seconds,
-        impl="unet",
+        impl=impl,
+        steps=50 if impl == "generation" else None,
         variant=mode,
         device=device,
         dtype="float16" if device == "cuda" else "float32",
@@ -147,6 +150,13 @@ def _synthetic_result() -> dict:
         _unet("tiny", 128, "enable", 0.0104, "cpu"),
         _unet("tiny", 256, "stock", 0.020, "cpu"),
         _unet("tiny", 256, "enable", 0.0212, "cpu"),
+        # Whole generations: reported, never counted in the UNet-step targets (the 768² one would
+        # fail the 2% target, the CPU one the 5% target).
+        _unet("sd21-base", 768, "stock", 5.0, "cuda", impl="generation"),
+        _unet("sd21-base", 768, "enable", 5.5, "cuda", impl="generation"),
+        _unet("sd21-base", 768, "enable-record-entropy", 6.0, "cuda", impl="generation"),
+        _unet("tiny", 256, "stock", 1.0, "cpu", impl="generation"),
+        _unet("tiny", 256, "enable", 1.5, "cpu", impl="generation"),
         # A benchmark run with --benchmark-disable has no median: it must be ignored.
         {"name": "no-stats", "extra_info": {"impl": "sdpa"}, "stats": None},
     ]
@@ -250,6 +260,13 @@ def test_markdown_cells(result_path: Path, tmp_path: Path) -> None:
     assert cells[-1] == "enable <= 1.02x: met; record <= 1.08x: not met"
     assert _row(unet, "| tiny |", "256px")[-1] == "enable <= 1.05x: not met"
     assert _row(unet, "| tiny |", "128px")[-1] == "enable <= 1.05x: met"
+
+    generation = _section(markdown, "Whole generation")
+    assert "with 50 steps" in generation
+    cells = _row(generation, "| sd21-base |")
+    assert cells[4:9] == ["5.000 s", "5.500 s", "1.10x", "6.000 s", "1.20x"]
+    assert cells[-1] == "—"
+    assert _row(generation, "| tiny |", "256px")[-5:] == ["1.50x", "—", "—", "— / — / —", "—"]
 
     targets = _section(markdown, "Targets")
     cells = _row(targets, "| CPU UNet step, enable vs stock |")
