@@ -1,15 +1,25 @@
 """Compile the attention kernel ahead of time for NVIDIA targets, with no GPU present.
 
-Run as a script (``python tests/aot_compile.py``) without ``TRITON_INTERPRET``: Triton lowers the
-kernel to PTX and assembles it with its bundled ``ptxas`` for sm_80 (A100) and sm_90 (H100), the
-same compilation a CUDA launch does. Prints one JSON line per compiled variant.
+Run as a script (``python tests/aot_compile.py VARIANTS_JSON``) without ``TRITON_INTERPRET``:
+Triton lowers the kernel to PTX and assembles it with its bundled ``ptxas`` for sm_80 (A100) and
+sm_90 (H100), the same compilation a CUDA launch does. Prints one JSON line per compiled variant.
+
+The kernel is specialised the way a launch on real tensors specialises it: the launcher's own
+arguments (strides of the given layout, ``STRIDE_ALIGN`` from ``stride_align``) and Triton's
+argument specialisation (an integer equal to 1 becomes a constant, a multiple of 16 is marked
+divisible by 16, tensor pointers are 16-byte aligned). Without that, the compiler sees unknown
+alignment everywhere and the code it emits (no vector loads, no pipelining) is not what runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -22,6 +32,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+BATCH, SEQ = 2, 4096
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
 def jit_function():
@@ -31,34 +43,68 @@ def jit_function():
     return fn
 
 
-def compile_variant(dtype: str, head_dim: int, arch: int, entropy: bool, config) -> dict:
-    jit = jit_function()
+def layout_tensor(layout: str, heads: int, head_dim: int, dtype: str) -> torch.Tensor:
+    """A ``(batch, heads, seq, head_dim)`` meta tensor in ``layout``: ``"bhld"`` is contiguous,
+    ``"blhd"`` is a ``(batch, seq, heads, head_dim)`` tensor seen through ``transpose(1, 2)``,
+    what diffusers' attention processors hand over."""
+    kwargs = {"device": "meta", "dtype": TORCH_DTYPE[dtype]}
+    if layout == "bhld":
+        return torch.empty(BATCH, heads, SEQ, head_dim, **kwargs)
+    if layout == "blhd":
+        return torch.empty(BATCH, SEQ, heads, head_dim, **kwargs).transpose(1, 2)
+    raise ValueError(f"layout must be 'bhld' or 'blhd', got {layout!r}")
+
+
+def launch_arguments(dtype: str, head_dim: int, layout: str, entropy: bool) -> dict:
+    """The kernel's arguments as ``flash_attention_forward`` passes them (ints and constants)."""
+    heads = 5 if head_dim == 64 else 8  # SD-2.1 level 0; SD 1.x / LDM and DiTs
+    query = layout_tensor(layout, heads, head_dim, dtype)
     d_main, d_tail = fwd.head_dim_split(head_dim)
-    constexprs = dict(
+    arguments = {}
+    for tensor, seq in (("q", "m"), ("k", "n"), ("v", "n"), ("o", "m")):  # one layout for all
+        names = [f"stride_{tensor}{dim}" for dim in ("b", "h", seq, "d")]
+        arguments.update(zip(names, query.stride(), strict=True))
+    arguments.update(
+        heads=heads,
         HEAD_DIM=head_dim,
         D_MAIN=d_main,
         D_TAIL=max(d_tail, 16),
         HAS_TAIL=d_tail > 0,
         RETURN_ENTROPY=entropy,
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
-        **config.kwargs,
+        STRIDE_ALIGN=fwd.stride_align(query),
     )
-    signature = {}
-    for name in jit.arg_names:
-        if name in ("Q", "K", "V", "Out"):
-            signature[name] = POINTER[dtype]
-        elif name == "Ent":
-            signature[name] = "*fp32"
+    return arguments
+
+
+def compile_variant(
+    dtype: str, head_dim: int, arch: int, entropy: bool, layout: str, config
+) -> dict:
+    jit = jit_function()
+    arguments = launch_arguments(dtype, head_dim, layout, entropy)
+    constexprs = {**{k: v for k, v in arguments.items() if k.isupper()}, **config.kwargs}
+    signature, attrs = {}, {}
+    divisible = [["tt.divisibility", 16]]
+    for index, name in enumerate(jit.arg_names):
+        if name in ("Q", "K", "V", "Out", "Ent"):
+            signature[name] = "*fp32" if name == "Ent" else POINTER[dtype]
+            attrs[(index,)] = divisible  # torch allocations are 16-byte aligned
         elif name == "qk_scale_log2":
             signature[name] = "fp32"
         elif name in constexprs:
             signature[name] = "constexpr"
-        else:
+        elif name in arguments and arguments[name] == 1:  # Triton turns an int 1 into a constant
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        else:  # seq_q, seq_k and the buckets are do_not_specialize: plain i32
             signature[name] = "i32"
+            if name in arguments and arguments[name] % 16 == 0:
+                attrs[(index,)] = divisible
     source = ASTSource(
         fn=jit,
         signature=signature,
         constexprs={(jit.arg_names.index(k),): v for k, v in constexprs.items()},
+        attrs=attrs,
     )
     compiled = triton.compile(
         source,
@@ -71,12 +117,35 @@ def compile_variant(dtype: str, head_dim: int, arch: int, entropy: bool, config)
         "head_dim": head_dim,
         "arch": arch,
         "entropy": entropy,
+        "layout": layout,
+        "stride_align": arguments["STRIDE_ALIGN"],
         "config": {**config.kwargs, "warps": config.num_warps, "stages": config.num_stages},
         "shared_bytes": compiled.metadata.shared,
         "cubin_bytes": len(compiled.asm["cubin"]),
         "wgmma": "wgmma" in ptx,
         "mma": "mma.sync" in ptx,
+        "cp_async": "cp.async" in ptx,  # loads of the next key tiles overlap the math
+        **resource_usage(compiled.asm["cubin"]),
     }
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and stack bytes (register spills) from ``cuobjdump``, if bundled."""
+    if not CUOBJDUMP.exists():
+        return {"registers": None, "stack_bytes": None}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run(
+            [str(CUOBJDUMP), "--dump-resource-usage", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    if found is None:
+        return {"registers": None, "stack_bytes": None}
+    return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2))}
 
 
 def autotune_configs(dtype: str, head_dim: int, seq_k: int):
@@ -89,10 +158,11 @@ def autotune_configs(dtype: str, head_dim: int, seq_k: int):
 
 def main(argv: list[str]) -> None:
     variants = json.loads(argv[0])
-    for dtype, head_dim, arch, entropy, which in variants:
-        configs = autotune_configs(dtype, head_dim, 4096)
+    for dtype, head_dim, arch, entropy, layout, which in variants:
+        configs = autotune_configs(dtype, head_dim, SEQ)
         for config in configs if which == "all" else configs[:1]:
-            print(json.dumps(compile_variant(dtype, head_dim, arch, entropy, config)), flush=True)
+            record = compile_variant(dtype, head_dim, arch, entropy, layout, config)
+            print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

@@ -271,3 +271,20 @@ def test_offsets_past_2_31_elements(generator):
     out = entropy_attn.attention(q, k, v, backend="triton")
     expected = F.scaled_dot_product_attention(rows[None, None].double(), k.double(), v.double())
     assert_close(out, expected, **TOLERANCES[torch.float16], what="64-bit offsets")
+
+
+def test_stride_align_is_the_largest_power_of_two_dividing_the_strides():
+    from entropy_attn.kernels.attention_fwd import stride_align
+
+    def blhd(heads, seq, dim):  # what diffusers' processors pass: (B, L, H, D) seen as (B, H, L, D)
+        return torch.empty(2, seq, heads, dim, device="meta").transpose(1, 2)
+
+    assert stride_align(blhd(8, 4096, 64)) == 16
+    assert stride_align(blhd(8, 4096, 40)) == 8  # head stride 40
+    assert stride_align(blhd(8, 4096, 40), blhd(8, 77, 64)) == 8
+    assert stride_align(torch.empty(2, 8, 77, 20, device="meta")) == 4  # row stride 20
+    assert stride_align(torch.empty(2, 8, 77, 33, device="meta")) == 1
+    # A dim of size 1 is never stepped along: its stride does not count.
+    assert stride_align(torch.empty(1, 1, 77, 64, device="meta")[:, :, :, :40]) == 16
+    assert stride_align(torch.empty(1, 1, 1, 33, device="meta")) == 16
+    assert stride_align(blhd(8, 4096, 40), limit=4) == 4
