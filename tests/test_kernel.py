@@ -220,6 +220,58 @@ def test_torch_compile_traces_without_graph_break(generator):
     assert_close(ent_sum, ref_ent.sum(-1), atol=1e-4, rtol=1e-5, what="compiled entropy")
 
 
+@pytest.mark.skipif(not ON_CUDA, reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_capture_and_replay(generator):
+    """The fused op inside a captured CUDA graph: replays on new inputs match the oracle.
+
+    Autotuning runs in the warm-up on a side stream, before capture (it times kernels, which a
+    capture cannot)."""
+    shape = (2, 5, 1000, 1000, 64)
+    static = make_qkv(*shape, torch.float16, generator)
+
+    def step():
+        return entropy_attn.attention(*static, 0.11, return_entropy=True, backend="triton")
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, ent = step()
+    for _ in range(2):  # new data in the captured input buffers, then replay
+        for buffer, fresh in zip(static, make_qkv(*shape, torch.float16, generator), strict=True):
+            buffer.copy_(fresh)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_out, ref_ent = entropy_attn.attention(
+            *static, 0.11, return_entropy=True, backend="torch"
+        )
+        assert_close(out, ref_out, **TOLERANCES[torch.float16], what="graph replay output")
+        assert_close(ent, ref_ent, **ENTROPY_TOL, what="graph replay entropy")
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="torch.compile with CUDA graphs needs a CUDA GPU")
+def test_torch_compile_reduce_overhead_on_cuda(generator):
+    """``torch.compile(mode="reduce-overhead")`` (Inductor + CUDA graphs) keeps the fused op."""
+    q, k, v = make_qkv(2, 10, 1024, 1024, 64, torch.float16, generator)
+
+    def f(q, k, v):
+        out, ent = entropy_attn.attention(q, k, v, 0.13, return_entropy=True, backend="triton")
+        return out * 2, ent
+
+    entropy_attn.attention(q, k, v, 0.13, return_entropy=True, backend="triton")  # autotune
+    torch._dynamo.reset()
+    compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
+    ref_out, ref_ent = entropy_attn.attention(q, k, v, 0.13, return_entropy=True, backend="torch")
+    for _ in range(3):  # record, then replays
+        out, ent = compiled(q, k, v)
+        assert_close(out, ref_out * 2, atol=4e-3, rtol=4e-3, what="compiled output")
+        assert_close(ent, ref_ent, **ENTROPY_TOL, what="compiled entropy")
+
+
 @pytest.mark.parametrize("precision,allow", [("highest", False), ("high", True)])
 def test_fp32_tf32_follows_pytorch_switch(precision, allow, monkeypatch, generator):
     """fp32 inputs use IEEE dots unless torch.set_float32_matmul_precision allows TF32."""
