@@ -494,6 +494,40 @@ def run_unet_mode(
     return run_mode(benchmark, unet, step, mode, timer, plan, cuda=cuda)
 
 
+def record_mode(
+    benchmark,
+    fields: dict[str, Any],
+    *,
+    device: str,
+    dtype: torch.dtype,
+    impl: str,
+    mode: str,
+    what: str,
+    model: str,
+    image_size: int,
+    batch: int,
+    **info: Any,
+) -> None:
+    """:func:`record` for a UNet step (``impl="unet"``) or a whole generation
+    (``impl="generation"``) in ``mode``; ``fields`` is what :func:`run_mode` returned and
+    ``what`` names the timed call (``"UNet2DConditionModel step"``)."""
+    record(
+        benchmark,
+        device=device,
+        dtype=dtype,
+        impl=impl,
+        variant=mode,
+        entropy=mode == "enable-record-entropy",
+        baseline=f"{what}, {mode}",
+        model=model,
+        image_size=image_size,
+        latent_size=image_size // VAE_DOWNSAMPLE,
+        batch=batch,
+        **info,
+        **fields,
+    )
+
+
 GENERATION_STEPS = 50
 GUIDANCE_SCALE = 7.5
 GENERATION_PROMPT = "a photograph of an astronaut riding a horse"
@@ -565,6 +599,7 @@ __all__ = [
     "probe",
     "processor_names",
     "record",
+    "record_mode",
     "generation_call",
     "run_generation_mode",
     "run_mode",

@@ -35,7 +35,7 @@ import torch
 from benchmarks.common import (
     UNET_MODES,
     cuda_sync_timer,
-    record,
+    record_mode,
     run_generation_mode,
     run_unet_mode,
     unet_inputs,
@@ -106,19 +106,17 @@ def test_unet_step(benchmark, model: str, image_size: int, mode: str, unet_plan)
     inputs = unet_inputs(dict(unet.config), latent, DTYPE, DEVICE)
     benchmark.group = f"{DEVICE} unet {model} {image_size}px"
     fields = run_unet_mode(benchmark, unet, inputs, mode, cuda_sync_timer, unet_plan, cuda=True)
-    record(
+    record_mode(
         benchmark,
+        fields,
         device=DEVICE,
         dtype=DTYPE,
         impl="unet",
-        variant=mode,
-        entropy=mode == "enable-record-entropy",
-        baseline=f"UNet2DConditionModel step, {mode}",
+        mode=mode,
+        what="UNet2DConditionModel step",
         model=model,
         image_size=image_size,
-        latent_size=latent,
         batch=inputs["sample"].shape[0],
-        **fields,
     )
 
 
@@ -133,17 +131,15 @@ def test_generation(benchmark, model: str, image_size: int, mode: str, generatio
     fields = run_generation_mode(
         benchmark, pipe, image_size, mode, cuda_sync_timer, generation_plan, cuda=True
     )
-    record(
+    record_mode(
         benchmark,
+        fields,
         device=DEVICE,
         dtype=DTYPE,
         impl="generation",
-        variant=mode,
-        entropy=mode == "enable-record-entropy",
-        baseline=f"{type(pipe).__name__}.__call__, {fields['steps']} steps, {mode}",
+        mode=mode,
+        what=f"{type(pipe).__name__}.__call__, {fields['steps']} steps",
         model=model,
         image_size=image_size,
-        latent_size=image_size // 8,
         batch=2,
-        **fields,
     )

@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.common import (
     UNET_MODES,
-    record,
+    record_mode,
     run_generation_mode,
     run_unet_mode,
     unet_inputs,
@@ -71,20 +71,18 @@ def test_tiny_unet_step_cpu(benchmark, tiny_unet, latent_size: int, mode: str, c
     fields = run_unet_mode(
         benchmark, tiny_unet, inputs, mode, time.perf_counter, cpu_plan, cuda=False
     )
-    record(
+    record_mode(
         benchmark,
+        fields,
         device=DEVICE,
         dtype=DTYPE,
         impl="unet",
-        variant=mode,
-        entropy=mode == "enable-record-entropy",
-        baseline=f"UNet2DConditionModel step, {mode}",
+        mode=mode,
+        what="UNet2DConditionModel step",
         model="tiny",
         image_size=latent_size * 8,
-        latent_size=latent_size,
         batch=inputs["sample"].shape[0],
         torch_num_threads=torch.get_num_threads(),
-        **fields,
     )
 
 
@@ -115,18 +113,16 @@ def test_tiny_generation_cpu(benchmark, tiny_pipe, mode: str, generation_plan) -
     )
     if mode == "enable-record-entropy":  # 4 steps, 2 self-attention layers a step
         assert fields["entropy_records"] >= GENERATION_STEPS_CPU * 2
-    record(
+    record_mode(
         benchmark,
+        fields,
         device=DEVICE,
         dtype=DTYPE,
         impl="generation",
-        variant=mode,
-        entropy=mode == "enable-record-entropy",
-        baseline=f"StableDiffusionPipeline.__call__, {fields['steps']} steps, {mode}",
+        mode=mode,
+        what=f"StableDiffusionPipeline.__call__, {fields['steps']} steps",
         model="tiny-sd",
         image_size=GENERATION_SIZE,
-        latent_size=GENERATION_SIZE // 8,
         batch=2,
         torch_num_threads=torch.get_num_threads(),
-        **fields,
     )
