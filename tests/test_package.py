@@ -23,10 +23,12 @@ def test_source_finder_maps_only_the_kernels_package() -> None:
 
 def test_kernels_import_from_a_checkout_that_was_not_installed(tmp_path: Path) -> None:
     """What the GPU machine does: PYTHONPATH=checkout, no ``pip install``. Every finder that an
-    install put on ``sys.meta_path`` is dropped first, so only the checkout can answer."""
+    editable install put on ``sys.meta_path`` (setuptools puts the class itself there) is dropped
+    first, so only the checkout can answer, wherever the package is installed from."""
     code = (
         "import sys\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in type(f).__name__]\n"
+        "def name(f): return getattr(f, '__name__', type(f).__name__)\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in name(f)]\n"
         "import entropy_attn, entropy_attn.kernels as k\n"
         "from entropy_attn.kernels.attention_fwd import head_dim_split\n"
         "print(entropy_attn.__file__)\n"
