@@ -155,12 +155,13 @@ def _attend_key_tile(
             k_tail_ptrs, offs_d_tail, HEAD_DIM, cols, seq_k, D_MAIN + D_TAIL > HEAD_DIM, MASK_N
         )
         qk = tl.dot(q_tail, k_tail, qk, input_precision=DOT_PRECISION)
-    u = qk * qk_scale_log2
     if MASK_N:
-        u = tl.where(cols[None, :] < seq_k, u, float("-inf"))
-    new_max = tl.maximum(row_max, tl.max(u, 1))
+        qk = tl.where(cols[None, :] < seq_k, qk, float("-inf"))
+    # The scale is > 0 (the launcher checks), so max(qk * s) == max(qk) * s exactly (rounding is
+    # monotonic) and each logit costs one FMA, qk * s - max, before exp2.
+    new_max = tl.maximum(row_max, tl.max(qk, 1) * qk_scale_log2)
     alpha = tl.math.exp2(row_max - new_max)
-    shifted = u - new_max[:, None]
+    shifted = qk * qk_scale_log2 - new_max[:, None]
     p = tl.math.exp2(shifted)
     if RETURN_ENTROPY:
         if MASK_N:
@@ -399,6 +400,8 @@ def flash_attention_forward(
         ``(out, entropy)``: ``out`` has ``query``'s shape, dtype and memory layout; ``entropy`` is
         a contiguous fp32 ``(batch, heads, seq_q)`` tensor, or ``None`` when not requested.
     """
+    if not scale > 0:  # the kernel's max(qk) * scale shortcut needs a positive scale
+        raise ValueError(f"scale must be > 0, got {scale!r}")
     batch, heads, seq_q, head_dim = query.shape
     seq_k = key.shape[2]
     out = torch.empty_like(query)

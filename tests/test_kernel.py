@@ -340,3 +340,20 @@ def test_stride_align_is_the_largest_power_of_two_dividing_the_strides():
     assert stride_align(torch.empty(1, 1, 77, 64, device="meta")[:, :, :, :40]) == 16
     assert stride_align(torch.empty(1, 1, 1, 33, device="meta")) == 16
     assert stride_align(blhd(8, 4096, 40), limit=4) == 4
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, float("nan")])
+def test_launcher_refuses_a_scale_that_is_not_positive(scale, generator):
+    """The kernel takes the row max before scaling (max(qk) * s == max(qk * s) needs s > 0)."""
+    from entropy_attn.kernels import flash_attention_forward
+
+    q, k, v = make_qkv(1, 1, 8, 8, 16, torch.float32, generator)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        flash_attention_forward(q, k, v, scale)
+
+
+def test_large_scale_with_ragged_keys_matches_fp64(generator):
+    """A sharp softmax (scale 3) over a ragged last key tile: the masked -inf columns and the
+    max-before-scale shortcut still give the fp64 result."""
+    q, k, v = make_qkv(1, 2, 40, 45, 32, torch.float32, generator)
+    check_parity(q, k, v, 3.0, what="scale 3, ragged keys")
