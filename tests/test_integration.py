@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import DEVICE, assert_close
 
 import entropy_attn
 from entropy_attn.reference import attention_entropy
@@ -302,9 +302,9 @@ def test_torch_compile_of_the_unet():
 
 @pytest.mark.interpreter
 def test_pipeline_runs_real_triton_kernel():
-    """One UNet pass through the fused kernel itself (TRITON_INTERPRET=1 on CPU)."""
-    pipe = tiny_sd_pipeline()
-    latents, t, context = unet_inputs(pipe, 64, 96, batch=1)
+    """One UNet pass through the fused kernel itself (on CUDA, or TRITON_INTERPRET=1 on CPU)."""
+    pipe = tiny_sd_pipeline().to(DEVICE)
+    latents, t, context = (x.to(DEVICE) for x in unet_inputs(pipe, 64, 96, batch=1))
     calls = []
     from entropy_attn import ops
 

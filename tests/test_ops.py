@@ -246,7 +246,7 @@ def test_triton_rejects_float64():
 
 
 def test_triton_is_forward_only():
-    q, k, v = _qkv()
+    q, k, v = (t.to(DEVICE) for t in _qkv())  # on CUDA, CPU tensors would fail the device check
     v.requires_grad_(True)
     with pytest.raises(ValueError, match="value requires grad"):
         entropy_attn.attention(q, k, v, backend="triton")
