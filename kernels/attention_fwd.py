@@ -71,6 +71,15 @@ def _interpreter_configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=1, num_stages=1)]
 
 
+def _ieee_configs() -> list[triton.Config]:
+    # fp32 with IEEE dots has no tensor-core path: large tiles only spill registers and take tens
+    # of seconds each to compile, so one small tile (two stages, or one where that does not fit).
+    return [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=stages)
+        for stages in (2, 1)
+    ]
+
+
 def _shared_bytes(config, head_dim_pad: int, element_bytes: int) -> int:
     """Rough shared memory of a config: the Q tile plus the pipelined K and V tiles."""
     block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
@@ -79,10 +88,16 @@ def _shared_bytes(config, head_dim_pad: int, element_bytes: int) -> int:
 
 def _prune_configs(configs, named_args, **kwargs):
     """Drop tiles that would not fit in shared memory (wide heads, fp32) or that are wider than
-    the keys; if none is left, keep the smallest."""
+    the keys; if none is left, keep the smallest. IEEE fp32 gets its own small tile.
+
+    ``ENTROPY_ATTN_AUTOTUNE=0`` keeps only the first tile that fits: no autotuning, so the first
+    call of each new shape compiles one kernel instead of several (tests, quick runs)."""
     head_dim_pad = kwargs["D_MAIN"] + (kwargs["D_TAIL"] if kwargs["HAS_TAIL"] else 0)
     element_bytes = named_args["Q"].element_size()
     seq_k = named_args["seq_k"]
+    ieee = kwargs.get("DOT_PRECISION") == "ieee" and not interpreting()
+    if ieee:
+        configs = _ieee_configs()
     kept = [
         config
         for config in configs
@@ -90,7 +105,7 @@ def _prune_configs(configs, named_args, **kwargs):
         and config.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(seq_k))
     ]
     if kept:
-        return kept
+        return kept[:1] if ieee or os.environ.get("ENTROPY_ATTN_AUTOTUNE", "1") == "0" else kept
     smallest = min(configs, key=lambda c: _shared_bytes(c, head_dim_pad, element_bytes))
     return [triton.Config(dict(smallest.kwargs), num_warps=smallest.num_warps, num_stages=1)]
 

@@ -151,7 +151,12 @@ def resource_usage(cubin: bytes) -> dict:
 def autotune_configs(dtype: str, head_dim: int, seq_k: int):
     """The CUDA autotuning configs the pruner keeps for this dtype, head dim and key length."""
     d_main, d_tail = fwd.head_dim_split(head_dim)
-    kwargs = {"D_MAIN": d_main, "D_TAIL": max(d_tail, 16), "HAS_TAIL": d_tail > 0}
+    kwargs = {
+        "D_MAIN": d_main,
+        "D_TAIL": max(d_tail, 16),
+        "HAS_TAIL": d_tail > 0,
+        "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
+    }
     query = torch.empty(0, dtype=TORCH_DTYPE[dtype])
     return fwd._prune_configs(fwd._cuda_configs(), {"seq_k": seq_k, "Q": query}, **kwargs)
 

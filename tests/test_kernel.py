@@ -357,3 +357,68 @@ def test_large_scale_with_ragged_keys_matches_fp64(generator):
     max-before-scale shortcut still give the fp64 result."""
     q, k, v = make_qkv(1, 2, 40, 45, 32, torch.float32, generator)
     check_parity(q, k, v, 3.0, what="scale 3, ragged keys")
+
+
+def _pruned_configs(dtype, head_dim, precision, seq_k=4096):
+    """The CUDA configs the pruner keeps for this call (the pruner itself runs anywhere)."""
+    from entropy_attn.kernels import attention_fwd as fwd
+
+    d_main, d_tail = fwd.head_dim_split(head_dim)
+    kwargs = dict(D_MAIN=d_main, D_TAIL=max(d_tail, 16), HAS_TAIL=d_tail > 0)
+    query = torch.empty(0, dtype=dtype)
+    return fwd._prune_configs(
+        fwd._cuda_configs(), {"seq_k": seq_k, "Q": query}, DOT_PRECISION=precision, **kwargs
+    )
+
+
+def _pruned(dtype, head_dim, precision, seq_k=4096):
+    configs = _pruned_configs(dtype, head_dim, precision, seq_k)
+    return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in configs]
+
+
+def test_autotuning_choices(monkeypatch):
+    """What the CUDA autotuner may try (the pruner runs on CPU too): every fitting tile for half
+    precision, one small tile for IEEE fp32, the first tile with ENTROPY_ATTN_AUTOTUNE=0."""
+    from entropy_attn.kernels import attention_fwd as fwd
+
+    monkeypatch.setattr(fwd, "interpreting", lambda: False)
+    monkeypatch.delenv("ENTROPY_ATTN_AUTOTUNE", raising=False)
+    all_fp16 = _pruned(torch.float16, 64, "tf32")
+    assert len(all_fp16) == len(fwd._cuda_configs()) == 9
+    assert len(_pruned(torch.float16, 160, "tf32")) == 5  # wide heads drop the largest tiles
+    assert _pruned(torch.float16, 64, "tf32", seq_k=20) == [
+        c for c in all_fp16 if c[1] <= 32
+    ]  # no key tile wider than the keys
+    assert _pruned(torch.float32, 64, "ieee") == [(32, 32, 4, 2)]
+    assert _pruned(torch.float32, 256, "ieee") == [(32, 32, 4, 2)]
+    assert len(_pruned(torch.float32, 64, "tf32")) > 1  # TF32 uses the tensor cores: autotune
+    monkeypatch.setenv("ENTROPY_ATTN_AUTOTUNE", "0")
+    assert _pruned(torch.float16, 64, "tf32") == all_fp16[:1]
+
+
+@pytest.mark.parametrize(
+    "head_dim,layout",
+    [
+        pytest.param(64, "contiguous", marks=pytest.mark.skipif(not ON_CUDA, reason="GPU only")),
+        pytest.param(64, "bshd", marks=pytest.mark.skipif(not ON_CUDA, reason="GPU only")),
+        pytest.param(80, "contiguous", marks=pytest.mark.skipif(not ON_CUDA, reason="GPU only")),
+        (80, "bshd"),  # split head dim in diffusers' layout: also under the interpreter
+    ],
+)
+def test_every_cuda_config_matches_fp64(head_dim, layout, monkeypatch, generator):
+    """Each tile the CUDA autotuner may pick, forced one at a time, gives the right numbers
+    (ragged query and key tiles, entropy on). The GPU test stage runs the rest of the suite with
+    ENTROPY_ATTN_AUTOTUNE=0 (one tile), so this is where the other tiles are checked; under the
+    interpreter it checks every tile shape's masking."""
+    from entropy_attn.kernels import attention_fwd as fwd
+
+    monkeypatch.delenv("ENTROPY_ATTN_AUTOTUNE", raising=False)
+    batch, heads, seq_q, seq_k = (2, 3, 300, 333) if ON_CUDA else (1, 1, 150, 170)
+    q, k, v = make_qkv(batch, heads, seq_q, seq_k, head_dim, torch.float16, generator, layout)
+    configs = _pruned_configs(torch.float16, head_dim, "tf32", seq_k=seq_k)  # the CUDA list
+    assert len(configs) > 1
+    kernel = fwd._attention_fwd_kernel
+    for config in configs:
+        monkeypatch.setattr(kernel, "configs", [config])  # one config: launched as it is
+        monkeypatch.setattr(kernel, "cache", {})
+        check_parity(q, k, v, 0.125, what=f"d={head_dim} {layout} {config}")
