@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# A GPU session's checks, one stage per device call (each fits in 10 minutes).
+# A GPU session's checks, one stage per device call (each sized to fit in 10 minutes).
 #
 # Usage, from the repository root of a checkout (installed or not) on a CUDA machine:
-#   bash benchmarks/gpu_session.sh test     # python -m pytest: CUDA parity (bf16 too), integration
-#   bash benchmarks/gpu_session.sh kernel   # benchmarks/run.py --gpu --kernel
-#   bash benchmarks/gpu_session.sh unet     # benchmarks/run.py --gpu --unet (steps, generations)
-#   bash benchmarks/gpu_session.sh kernel -- -k float16   # anything after -- goes to pytest
+#   bash benchmarks/gpu_session.sh test-kernel      # tests/test_kernel.py + test_ops.py on CUDA
+#   bash benchmarks/gpu_session.sh test-rest        # every other test (integration on CUDA, ...)
+#   bash benchmarks/gpu_session.sh kernel-fp16      # benchmarks/run.py --gpu --kernel, fp16 only
+#   bash benchmarks/gpu_session.sh kernel-bf16      # the same, bf16 only
+#   bash benchmarks/gpu_session.sh unet-step        # benchmarks/run.py --gpu --unet: UNet steps
+#   bash benchmarks/gpu_session.sh unet-generation  # the whole 50-step generations
+#   bash benchmarks/gpu_session.sh kernel-fp16 -- -k sd21   # after --: pytest (a -k narrows)
 #
-# Writes into $OUT (default ./gpu-out): environment.txt, <stage>.log, pytest.xml (test) and
+# The test stages set ENTROPY_ATTN_AUTOTUNE=0 (one tile per shape: a few hundred kernels compile
+# instead of thousands; test_every_cuda_config_matches_fp64 still checks every tile) and skip
+# tests/test_kernel_compile.py (ahead-of-time compilation, which CPU CI runs). Writes into $OUT
+# (default ./gpu-out): environment.txt, <stage>.log, <stage>.xml (test stages) and
 # results/<gpu>-<date>-<stage>.json + .md (+ -tflops.png with matplotlib). Commit the JSON under
-# benchmarks/results/ and rebuild its report with benchmarks/report.py.
+# benchmarks/results/ and rebuild its report there with benchmarks/report.py.
 #
 # A machine without diffusers and without a package index: on a machine with one, run
 # ../shared/tools/gpu-wheels first (it puts the wheels in .whl/) and bring .whl/ along; this
@@ -20,9 +26,19 @@ stage=${1:-}
 [ $# -gt 0 ] && shift
 [ "${1:-}" = "--" ] && shift
 case "$stage" in
-test | kernel | unet) ;;
+test-kernel) tests=(tests/test_kernel.py tests/test_ops.py) ;;
+test-rest)
+    tests=(--ignore=tests/test_kernel.py --ignore=tests/test_ops.py
+        --ignore=tests/test_kernel_compile.py)
+    ;;
+kernel-fp16) suite=--kernel select="float16 and not bfloat16" ;;
+kernel-bf16) suite=--kernel select=bfloat16 ;;
+unet-step) suite=--unet select=test_unet_step ;;
+unet-generation) suite=--unet select=test_generation ;;
 *)
-    echo "usage: bash benchmarks/gpu_session.sh {test|kernel|unet} [-- PYTEST_ARGS...]" >&2
+    echo "usage: bash benchmarks/gpu_session.sh" \
+        "{test-kernel|test-rest|kernel-fp16|kernel-bf16|unet-step|unet-generation}" \
+        "[-- PYTEST_ARGS...]" >&2
     exit 2
     ;;
 esac
@@ -55,9 +71,9 @@ print("cuda", torch.cuda.is_available(), torch.version.cuda,
 PY
 } 2>&1 | tee "$out/environment.txt"
 
-if [ "$stage" = test ]; then
-    python3 -m pytest -p no:cacheprovider -q -rs --junitxml="$out/pytest.xml" "$@" 2>&1 |
-        tee "$out/test.log"
+if [ "$stage" = test-kernel ] || [ "$stage" = test-rest ]; then
+    ENTROPY_ATTN_AUTOTUNE=0 python3 -m pytest -p no:cacheprovider -q -rs \
+        --junitxml="$out/$stage.xml" "${tests[@]}" "$@" 2>&1 | tee "$out/$stage.log"
     exit "${PIPESTATUS[0]}"
 fi
 
@@ -66,6 +82,17 @@ import datetime
 from benchmarks.environment import device_slug
 print(f'{device_slug()}-{datetime.date.today().isoformat()}')
 ") || exit 1
-python3 benchmarks/run.py --gpu "--$stage" --output "$out/results/$name-$stage.json" -- "$@" 2>&1 |
-    tee "$out/$stage.log"
+# A -k of the caller narrows the stage's own selection instead of replacing it.
+extra=()
+while [ $# -gt 0 ]; do
+    if [ "$1" = -k ] && [ $# -gt 1 ]; then
+        select="($select) and ($2)"
+        shift 2
+    else
+        extra+=("$1")
+        shift
+    fi
+done
+python3 benchmarks/run.py --gpu --output "$out/results/$name-$stage.json" "$suite" \
+    -- -k "$select" ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/$stage.log"
 exit "${PIPESTATUS[0]}"
