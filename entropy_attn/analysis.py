@@ -38,7 +38,7 @@ import torch
 
 from .integration import (
     _vae_scale_factor,
-    enable,
+    enabled,
     find_denoiser,
     pixel_size,
     training_latent_size,
@@ -458,13 +458,10 @@ def recording(
     height, width = pixel_size(size)
     if "layers" in enable_options or "record_entropy" in enable_options:
         raise ValueError("recording sets layers= and record_entropy= itself (see method=)")
-    handle = enable(
+    with enabled(
         model, layers=_layers_for(method), record_entropy=True, backend=backend, **enable_options
-    )
-    try:
+    ) as handle:
         yield EntropyRecording(handle, method, (height, width))
-    finally:
-        handle.disable()
 
 
 def layer_entropy(
