@@ -383,6 +383,13 @@ def head_dim_split(head_dim: int) -> tuple[int, int]:
     return main, tail
 
 
+def tile_constexprs(head_dim: int) -> dict[str, int | bool]:
+    """The kernel's head-dim constexprs ``D_MAIN``, ``D_TAIL``, ``HAS_TAIL`` (from
+    :func:`head_dim_split`; an unused tail is 16 wide, the smallest dot, and compiled away)."""
+    main, tail = head_dim_split(head_dim)
+    return {"D_MAIN": main, "D_TAIL": max(tail, 16), "HAS_TAIL": tail > 0}
+
+
 def stride_align(*tensors: torch.Tensor, limit: int = 16) -> int:
     """The largest power of two (at most ``limit``) dividing every batch, head and row stride of
     ``tensors`` (dims of size 1 are never stepped along, so their strides do not count)."""
@@ -431,8 +438,6 @@ def flash_attention_forward(
     # accumulation, and keep Triton's default so they take the tensor-core path as usual.
     precision = "ieee" if query.dtype == torch.float32 and not allow_tf32 else "tf32"
 
-    d_main, d_tail = head_dim_split(head_dim)
-
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]) * batch * heads,)
 
@@ -453,9 +458,7 @@ def flash_attention_forward(
         _bucket(seq_q),
         _bucket(seq_k),
         HEAD_DIM=head_dim,
-        D_MAIN=d_main,
-        D_TAIL=max(d_tail, 16),
-        HAS_TAIL=d_tail > 0,
+        **tile_constexprs(head_dim),
         RETURN_ENTROPY=bool(return_entropy),
         DOT_PRECISION=precision,
         STRIDE_ALIGN=stride_align(query, key, value, out),
@@ -470,4 +473,5 @@ __all__ = [
     "head_dim_split",
     "interpreting",
     "stride_align",
+    "tile_constexprs",
 ]

@@ -59,7 +59,6 @@ def launch_arguments(dtype: str, head_dim: int, layout: str, entropy: bool) -> d
     """The kernel's arguments as ``flash_attention_forward`` passes them (ints and constants)."""
     heads = 5 if head_dim == 64 else 8  # SD-2.1 level 0; SD 1.x / LDM and DiTs
     query = layout_tensor(layout, heads, head_dim, dtype)
-    d_main, d_tail = fwd.head_dim_split(head_dim)
     arguments = {}
     for tensor, seq in (("q", "m"), ("k", "n"), ("v", "n"), ("o", "m")):  # one layout for all
         names = [f"stride_{tensor}{dim}" for dim in ("b", "h", seq, "d")]
@@ -67,9 +66,7 @@ def launch_arguments(dtype: str, head_dim: int, layout: str, entropy: bool) -> d
     arguments.update(
         heads=heads,
         HEAD_DIM=head_dim,
-        D_MAIN=d_main,
-        D_TAIL=max(d_tail, 16),
-        HAS_TAIL=d_tail > 0,
+        **fwd.tile_constexprs(head_dim),
         RETURN_ENTROPY=entropy,
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
         STRIDE_ALIGN=fwd.stride_align(query),
@@ -150,11 +147,8 @@ def resource_usage(cubin: bytes) -> dict:
 
 def autotune_configs(dtype: str, head_dim: int, seq_k: int):
     """The CUDA autotuning configs the pruner keeps for this dtype, head dim and key length."""
-    d_main, d_tail = fwd.head_dim_split(head_dim)
     kwargs = {
-        "D_MAIN": d_main,
-        "D_TAIL": max(d_tail, 16),
-        "HAS_TAIL": d_tail > 0,
+        **fwd.tile_constexprs(head_dim),
         "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
     }
     query = torch.empty(0, dtype=TORCH_DTYPE[dtype])

@@ -363,11 +363,12 @@ def _pruned_configs(dtype, head_dim, precision, seq_k=4096):
     """The CUDA configs the pruner keeps for this call (the pruner itself runs anywhere)."""
     from entropy_attn.kernels import attention_fwd as fwd
 
-    d_main, d_tail = fwd.head_dim_split(head_dim)
-    kwargs = dict(D_MAIN=d_main, D_TAIL=max(d_tail, 16), HAS_TAIL=d_tail > 0)
     query = torch.empty(0, dtype=dtype)
     return fwd._prune_configs(
-        fwd._cuda_configs(), {"seq_k": seq_k, "Q": query}, DOT_PRECISION=precision, **kwargs
+        fwd._cuda_configs(),
+        {"seq_k": seq_k, "Q": query},
+        DOT_PRECISION=precision,
+        **fwd.tile_constexprs(head_dim),
     )
 
 
