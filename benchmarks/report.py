@@ -21,7 +21,11 @@ Targets (from the speed issue), each marked met / not met with the measured wors
   memory at most 2 x (output + entropy bytes) + 1 MiB on every measured shape;
 * SD-2.1-base UNet step at 768² (CUDA): ``enable`` at most 2% slower than stock, with entropy
   recording at most 8% slower;
-* CPU: ``enable`` at most 5% slower than stock for the UNet step, every measured size.
+* CPU: ``enable`` at most 5% slower than stock for the UNet step, every measured size;
+* CPU (issue #11): host cost of one ``attention()`` call on the CUDA dispatch path (launch stubbed)
+  at most 20 µs; ``attention(backend="torch")`` at most 1.5x a bare SDPA call on a tiny tensor;
+  the CPU entropy path at most 2.0x plain SDPA at (2, 5, 1024, 64); the CPU UNet step with
+  entropy recording at most 1.3x stock.
 
 A target with no measurement in a file is "not measured" there.
 """
@@ -419,7 +423,89 @@ def evaluate_targets(result: ResultFile) -> list[Target]:
             where = f"{row.dtype} {row.model} {row.image_size}px"
             cpu.checks.append(Check(where, ratio, ratio <= 1.05))
     targets.append(cpu)
-    return targets
+    return targets + host_targets(result)
+
+
+# Host-cost and CPU-speed targets of issue #11 (CPU measurements).
+HOST_BUDGET_S = 20e-6
+HOST_TRITON_VARIANTS = ("triton-attention-off", "triton-attention-on", "triton-dispatch-off")
+CPU_ENTROPY_SUITE = "cpu-entropy"
+
+
+def host_entries(result: ResultFile, impl: str = "host") -> dict[str, Entry]:
+    """The host-cost entries of one file (``impl`` ``"host"``: attention calls, or
+    ``"host-processor"``: processor calls) by variant."""
+    return {e.get("variant"): e for e in result.entries if e.get("impl") == impl}
+
+
+def host_targets(result: ResultFile) -> list[Target]:
+    """Issue #11's CPU targets: host cost of the CUDA dispatch path, the PyTorch path's overhead,
+    the CPU entropy path, and the CPU UNet step with entropy recording."""
+    host = host_entries(result)
+    budget = Target(
+        name="host cost per attention() call, CUDA path",
+        threshold=f"<= 1.00 (host µs per call / {HOST_BUDGET_S * 1e6:.0f} µs)",
+        scope="CPU, Triton dispatch with the launch stubbed, thread CPU time",
+        higher_is_better=False,
+    )
+    for variant in HOST_TRITON_VARIANTS:
+        if (entry := host.get(variant)) is not None:
+            ratio = entry.median_s / HOST_BUDGET_S
+            budget.checks.append(Check(variant, ratio, ratio <= 1.0))
+    torch_path = Target(
+        name="PyTorch path overhead",
+        threshold="<= 1.50x (attention(backend='torch') / bare SDPA, tiny tensor)",
+        scope="CPU, (1, 1, 8, 16) fp32",
+        higher_is_better=False,
+    )
+    if (ours := host.get("torch-path-tiny")) and (bare := host.get("sdpa-tiny")):
+        ratio = ours.median_s / bare.median_s
+        torch_path.checks.append(Check("torch-path-tiny", ratio, ratio <= 1.5))
+    entropy = Target(
+        name="CPU entropy path vs plain SDPA",
+        threshold="<= 2.00x (attention(return_entropy=True, backend='torch') / SDPA)",
+        scope="CPU, (2, 5, 1024, 64)",
+        higher_is_better=False,
+    )
+    for row in shape_rows(result):
+        sdpa = row.sdpa.get("default")
+        if (
+            row.sample.get("suite") == CPU_ENTROPY_SUITE
+            and row.candidate_variant == "torch"
+            and row.on is not None
+            and sdpa is not None
+        ):
+            ratio = row.on.median_s / sdpa.median_s
+            entropy.checks.append(Check(_where(row), ratio, ratio <= 2.0))
+    record = Target(
+        name="CPU UNet step, enable-record-entropy vs stock",
+        threshold="<= 1.30x (enable-record-entropy time / stock time)",
+        scope="CPU, every measured UNet and size",
+        higher_is_better=False,
+    )
+    for row in unet_rows(result):
+        if row.device == "cpu" and (ratio := row.ratio("enable-record-entropy")) is not None:
+            where = f"{row.dtype} {row.model} {row.image_size}px"
+            record.checks.append(Check(where, ratio, ratio <= 1.3))
+    return [budget, torch_path, entropy, record]
+
+
+def _host_lines(result: ResultFile) -> list[str]:
+    """One table of the host-cost entries: per-call time and the ratio to the bare SDPA call."""
+    host = host_entries(result)
+    bare = host.get("sdpa-tiny")
+    rows = []
+    for variant, entry in sorted(host.items(), key=lambda item: str(item[0])):
+        ratio = entry.median_s / bare.median_s if bare else None
+        rows.append([str(variant), str(entry.get("baseline")), fmt_time(entry.median_s),
+                     fmt_ratio(ratio)])  # fmt: skip
+    processors = host_entries(result, "host-processor")
+    stock = processors.get("AttnProcessor2_0")
+    for variant, entry in sorted(processors.items(), key=lambda item: str(item[0])):
+        ratio = entry.median_s / stock.median_s if stock else None
+        rows.append([str(variant), str(entry.get("baseline")), fmt_time(entry.median_s),
+                     f"{fmt_ratio(ratio)} of AttnProcessor2_0"])  # fmt: skip
+    return _table(["call", "what", "median per call", "vs bare SDPA"], rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,6 +820,16 @@ def render_markdown(result: ResultFile, plot_name: str | None = None) -> str:
             "`extra MiB`: peak memory of the call minus memory allocated before it.",
             "",
             *_fused_lines(rows),
+            "",
+        ]
+    if host_entries(result) or host_entries(result, "host-processor"):
+        lines += [
+            "## Host cost per call",
+            "",
+            "CPU time of the calling thread per call (`time.thread_time`), Triton's launch stubbed "
+            "out: the Python between the caller and the kernel.",
+            "",
+            *_host_lines(result),
             "",
         ]
     if unet:

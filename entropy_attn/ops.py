@@ -14,13 +14,18 @@ import numbers
 import os
 
 import torch
+import torch.nn.functional as F
 
-from .reference import attention_entropy, attention_reference
+from .reference import attention_entropy
 
 BACKENDS = ("auto", "triton", "torch")
 MAX_HEAD_DIM = 256  # the kernel's limit; kept equal to entropy_attn.kernels.MAX_HEAD_DIM by a test
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TORCH_DTYPES = (*_KERNEL_DTYPES, torch.float64)
+# Scales above this are clamped to it on both backends (kept equal to the kernel's HARD_SCALE by a
+# test): softmax is then already hard attention on the maximal logits, and larger scales would
+# overflow the scaled logits to inf (NaN output).
+HARD_SCALE = 2.0**64
 
 
 @functools.cache
@@ -36,25 +41,44 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@torch.library.custom_op("entropy_attn::attention_fwd", mutates_args=())
-def _attention_fwd(
+_kernels = None
+
+
+def _attention_fwd(query, key, value, scale: float, return_entropy: bool):
+    """The fused forward in eager mode: ``(out, entropy or None)``."""
+    global _kernels
+    if _kernels is None:  # imported on first use: importing triton takes seconds
+        from entropy_attn import kernels
+
+        _kernels = kernels
+    # Read at run time rather than while tracing (torch.compile cannot trace this getter); it
+    # only matters for fp32 inputs.
+    allow_tf32 = query.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+    return _kernels.flash_attention_forward(query, key, value, scale, return_entropy, allow_tf32)
+
+
+def _attention_fwd_impl(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     scale: float,
     return_entropy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from entropy_attn.kernels import flash_attention_forward
-
-    # Read here, at run time, rather than while tracing: torch.compile cannot trace this getter.
-    allow_tf32 = torch.get_float32_matmul_precision() != "highest"
-    out, entropy = flash_attention_forward(query, key, value, scale, return_entropy, allow_tf32)
+    out, entropy = _attention_fwd(query, key, value, scale, return_entropy)
     if entropy is None:
         entropy = query.new_empty((0,), dtype=torch.float32)
     return out, entropy
 
 
-@_attention_fwd.register_fake
+# The torch.library boundary is what lets torch.compile trace through the Triton launch without a
+# graph break. In eager mode it only adds dispatcher overhead (~60 us a call measured before this
+# split), so eager calls go to ``_attention_fwd`` directly and only compiled code takes the op.
+_attention_fwd_op = torch.library.custom_op("entropy_attn::attention_fwd", mutates_args=())(
+    _attention_fwd_impl
+)
+
+
+@_attention_fwd_op.register_fake
 def _attention_fwd_fake(query, key, value, scale, return_entropy):
     out = torch.empty_like(query)
     shape = query.shape[:3] if return_entropy else (0,)
@@ -70,53 +94,72 @@ def _check_tensor(name: str, tensor) -> None:
         )
 
 
-def _validate(query, key, value, scale, return_entropy, backend) -> None:
+def _check_scale(scale) -> float | None:
+    """``scale`` as a float (``None`` stays ``None``); any real number that is a finite float
+    ``>= 0`` is accepted (``Fraction(1, 2)``, numpy floats, ints)."""
+    if scale is None:
+        return None
+    if type(scale) is float and 0.0 <= scale < math.inf:  # the common case, checked cheaply
+        return scale
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
+    try:
+        value = float(scale)
+    except OverflowError:
+        raise ValueError(
+            f"scale must be finite and >= 0, got a {type(scale).__name__} too large for a float"
+        ) from None
+    if not 0.0 <= value < math.inf:  # also false for NaN
+        raise ValueError(f"scale must be finite and >= 0, got {scale}")
+    return value
+
+
+def _validate(query, key, value, scale, return_entropy, backend) -> float | None:
+    """Check every argument; returns ``scale`` as a float (or ``None``)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not isinstance(return_entropy, bool):
+    if return_entropy is not True and return_entropy is not False:
         raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
-    for name, tensor in (("query", query), ("key", key), ("value", value)):
-        _check_tensor(name, tensor)
-    if query.dtype not in _TORCH_DTYPES:
-        raise TypeError(f"query dtype must be one of {_TORCH_DTYPES}, got {query.dtype}")
-    for name, tensor in (("key", key), ("value", value)):
-        if tensor.dtype != query.dtype:
-            raise TypeError(f"{name} dtype {tensor.dtype} does not match query dtype {query.dtype}")
-        if tensor.device != query.device:
+    _check_tensor("query", query)
+    _check_tensor("key", key)
+    _check_tensor("value", value)
+    dtype, device = query.dtype, query.device
+    if dtype not in _TORCH_DTYPES:
+        raise TypeError(f"query dtype must be one of {_TORCH_DTYPES}, got {dtype}")
+    q_shape, k_shape, v_shape = query.shape, key.shape, value.shape
+    batch, heads = q_shape[0], q_shape[1]
+    for name, tensor, shape in (("key", key, k_shape), ("value", value, v_shape)):
+        if tensor.dtype != dtype:
+            raise TypeError(f"{name} dtype {tensor.dtype} does not match query dtype {dtype}")
+        if tensor.device != device:
             raise ValueError(
-                f"{name} is on {tensor.device} but query is on {query.device}: "
+                f"{name} is on {tensor.device} but query is on {device}: "
                 "all inputs must be on one device"
             )
-        if tensor.shape[:2] != query.shape[:2]:
+        if shape[0] != batch or shape[1] != heads:
             raise ValueError(
-                f"{name} (batch, heads) = {tuple(tensor.shape[:2])} does not match query's "
-                f"{tuple(query.shape[:2])}"
+                f"{name} (batch, heads) = {tuple(shape[:2])} does not match query's "
+                f"{tuple(q_shape[:2])}"
             )
-    if key.shape[-1] != query.shape[-1]:
-        raise ValueError(
-            f"key head_dim {key.shape[-1]} does not match query head_dim {query.shape[-1]}"
-        )
-    if value.shape[-1] != query.shape[-1]:
-        raise ValueError(
-            f"value head_dim {value.shape[-1]} does not match query head_dim {query.shape[-1]}"
-        )
-    if value.shape[2] != key.shape[2]:
-        raise ValueError(f"value length {value.shape[2]} does not match key length {key.shape[2]}")
-    if key.shape[2] == 0:
+    head_dim = q_shape[3]
+    if k_shape[3] != head_dim:
+        raise ValueError(f"key head_dim {k_shape[3]} does not match query head_dim {head_dim}")
+    if v_shape[3] != head_dim:
+        raise ValueError(f"value head_dim {v_shape[3]} does not match query head_dim {head_dim}")
+    if v_shape[2] != k_shape[2]:
+        raise ValueError(f"value length {v_shape[2]} does not match key length {k_shape[2]}")
+    if k_shape[2] == 0:
         raise ValueError("key must have at least one token (seq_k >= 1)")
-    if query.shape[-1] == 0:
+    if head_dim == 0:
         raise ValueError("query head_dim must be >= 1")
-    if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-            raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be finite and > 0, got {scale}")
+    return _check_scale(scale)
 
 
 def _validate_triton(query, key, value) -> None:
-    if query.dtype not in _KERNEL_DTYPES:
+    dtype = query.dtype
+    if dtype not in _KERNEL_DTYPES:
         raise TypeError(
-            f"backend='triton' supports query dtypes {_KERNEL_DTYPES}, got {query.dtype}; "
+            f"backend='triton' supports query dtypes {_KERNEL_DTYPES}, got {dtype}; "
             "use backend='torch' for float64"
         )
     if query.shape[-1] > MAX_HEAD_DIM:
@@ -125,18 +168,19 @@ def _validate_triton(query, key, value) -> None:
         )
     if not _triton_available():
         raise RuntimeError("backend='triton' needs the triton package, which is not installed")
-    if query.device.type != "cuda" and not _interpreting():
-        raise ValueError(
-            f"backend='triton' needs CUDA tensors (got {query.device}); "
-            "set TRITON_INTERPRET=1 before importing triton kernels to run it on CPU, "
-            "or use backend='torch'"
-        )
-    if query.dtype == torch.bfloat16 and query.device.type != "cuda":
-        raise TypeError(
-            "backend='triton' under TRITON_INTERPRET=1 computes wrong numbers for bfloat16 "
-            "(the interpreter does bf16 arithmetic on raw bits); use float16/float32 there, "
-            "backend='torch', or a CUDA device"
-        )
+    if not query.is_cuda:
+        if not _interpreting():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (got {query.device}); "
+                "set TRITON_INTERPRET=1 before importing triton kernels to run it on CPU, "
+                "or use backend='torch'"
+            )
+        if dtype == torch.bfloat16:
+            raise TypeError(
+                "backend='triton' under TRITON_INTERPRET=1 computes wrong numbers for bfloat16 "
+                "(the interpreter does bf16 arithmetic on raw bits); use float16/float32 there, "
+                "backend='torch', or a CUDA device"
+            )
     if torch.is_grad_enabled():
         for name, tensor in (("query", query), ("key", key), ("value", value)):
             if tensor.requires_grad:
@@ -146,36 +190,109 @@ def _validate_triton(query, key, value) -> None:
                 )
 
 
+def _needs_grad(query, key, value=None) -> bool:
+    return torch.is_grad_enabled() and (
+        query.requires_grad or key.requires_grad or (value is not None and value.requires_grad)
+    )
+
+
 def _resolve_backend(backend: str, query, key, value) -> str:
     if backend != "auto":
         return backend
-    if query.device.type != "cuda":
+    if not query.is_cuda:
         return "torch"
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     if (
         query.dtype in _KERNEL_DTYPES
         and query.shape[-1] <= MAX_HEAD_DIM
-        and not needs_grad
+        and not _needs_grad(query, key, value)
         and _triton_available()
     ):
         return "triton"
     return "torch"
 
 
+# |LSE| above which a row's fast entropy is recomputed by the oracle: H = LSE - scale <q, k_bar>
+# subtracts two numbers of size ~|LSE|, so fp32 rounding costs ~|LSE| * 1e-7 nats; below 256
+# that is at most a few 1e-5, the oracle's own error at such logits.
+_LSE_EXACT_LIMIT = 256.0
+
+
+def _flash_cpu_available() -> bool:
+    return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def entropy_lse(query: torch.Tensor, key: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Row entropies from the log-sum-exp identity, without materialising the logits (CPU).
+
+    With ``p = softmax(s q K^T)`` and ``LSE = log sum_j exp(s q.k_j)``,
+    ``H = -sum_j p_j (s q.k_j - LSE) = LSE - s <q, sum_j p_j k_j>``: one flash-attention call
+    (PyTorch's CPU kernel, which also returns the LSE) with the keys as values, then a dot
+    product per row. Computed in fp32 (inputs are upcast). Rows with ``|LSE| > 256``, where the
+    subtraction would lose more than ~1e-5 to rounding, are recomputed by the materialising oracle
+    :func:`entropy_attn.reference.attention_entropy`. NaN inputs give NaN rows. Forward only.
+
+    Args:
+        query: ``(batch, heads, seq_q, head_dim)`` on the CPU.
+        key: ``(batch, heads, seq_k, head_dim)``.
+        scale: softmax scale; ``None`` means ``1 / sqrt(head_dim)``.
+
+    Returns:
+        float32 ``(batch, heads, seq_q)`` entropies in nats.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    if query.numel() == 0:  # the raw CPU flash op dies of SIGFPE on empty inputs
+        return query.new_empty(query.shape[:-1], dtype=torch.float32)
+    q = query.to(torch.float32)
+    k = key.to(torch.float32)
+    # The raw CPU flash op (unlike the public SDPA, which copies first) reads the head dim as
+    # contiguous: a strided head dim would give wrong numbers.
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    k_bar, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, scale=scale)
+    unstable = lse.abs() > _LSE_EXACT_LIMIT
+    entropy = lse.sub_(torch.linalg.vecdot(q, k_bar), alpha=scale).clamp_(min=0.0)  # keeps NaN
+    if bool(unstable.any()):
+        exact = attention_entropy(query, key, scale).to(torch.float32)
+        entropy = torch.where(unstable, exact, entropy)
+    return entropy
+
+
+def _torch_attention(query, key, value, scale, return_entropy: bool):
+    """The PyTorch path: SDPA (stock numerics), entropy by the LSE identity on the CPU when no
+    gradient is needed, else by the differentiable materialising oracle."""
+    if scale is not None and scale > HARD_SCALE:
+        scale = HARD_SCALE
+    out = F.scaled_dot_product_attention(query, key, value, scale=scale)
+    if not return_entropy:
+        return out
+    if query.device.type == "cpu" and not _needs_grad(query, key) and _flash_cpu_available():
+        return out, entropy_lse(query, key, scale)
+    return out, attention_entropy(query, key, scale).to(torch.float32)
+
+
 def dispatch(query, key, value, scale, return_entropy: bool, backend: str):
     """:func:`attention` without its input validation, for callers whose inputs are valid by
     construction (the diffusers processors). ``scale=None`` stays SDPA's own default on the
     PyTorch path, so stock numerics are kept bit for bit."""
-    if _resolve_backend(backend, query, key, value) == "triton":
-        if not torch.compiler.is_compiling():
-            _validate_triton(query, key, value)
-        kernel_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    compiling = torch.compiler.is_compiling()
+    return _dispatch(query, key, value, scale, return_entropy, backend, compiling)
+
+
+def _dispatch(query, key, value, scale, return_entropy: bool, backend: str, compiling: bool):
+    if backend == "torch" or (backend == "auto" and not query.is_cuda):
+        return _torch_attention(query, key, value, scale, return_entropy)
+    if _resolve_backend(backend, query, key, value) != "triton":
+        return _torch_attention(query, key, value, scale, return_entropy)
+    kernel_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    if compiling:
+        out, entropy = _attention_fwd_op(query, key, value, kernel_scale, return_entropy)
+    else:
+        _validate_triton(query, key, value)
         out, entropy = _attention_fwd(query, key, value, kernel_scale, return_entropy)
-        return (out, entropy) if return_entropy else out
-    out = attention_reference(query, key, value, scale)
-    if not return_entropy:
-        return out
-    return out, attention_entropy(query, key, scale).to(torch.float32)
+    return (out, entropy) if return_entropy else out
 
 
 def attention(
@@ -193,13 +310,20 @@ def attention(
         query: ``(batch, heads, seq_q, head_dim)``; any strides (e.g. a ``(B, L, H, D)`` view).
         key: ``(batch, heads, seq_k, head_dim)``; ``seq_k`` may differ from ``seq_q``.
         value: ``(batch, heads, seq_k, head_dim)``.
-        scale: softmax scale, a positive finite float; ``None`` means ``1 / sqrt(head_dim)`` as in
+        scale: softmax scale, any real number that is a finite float ``>= 0`` (``Fraction`` and
+            numpy scalars too); ``None`` means ``1 / sqrt(head_dim)`` as in
             ``torch.nn.functional.scaled_dot_product_attention``. Use :func:`entropy_attn.log_scale`
-            for the entropy-preserving scale.
-        return_entropy: also return ``H_i = -sum_j A_ij ln A_ij`` per query row.
+            for the entropy-preserving scale. ``0`` is uniform attention (entropy ``ln seq_k``),
+            which is also what scales too small for fp32 give; scales above ``HARD_SCALE``
+            (2^64) are clamped to it, where softmax is already hard attention on the maximal
+            logits (entropy ``ln`` of the number of tied maxima).
+        return_entropy: also return ``H_i = -sum_j A_ij ln A_ij`` per query row. A NaN in a query
+            row gives that row a NaN entropy (and output); a NaN in a key gives its head NaN.
         backend: ``"triton"`` (fused kernel; CUDA, or CPU under ``TRITON_INTERPRET=1``),
-            ``"torch"`` (PyTorch SDPA + chunked ``log_softmax`` entropy) or ``"auto"`` (Triton on
-            CUDA for fp16/bf16/fp32, head_dim <= 256 and no autograd; PyTorch otherwise).
+            ``"torch"`` (PyTorch SDPA; the entropy by the log-sum-exp identity on the CPU, see
+            :func:`entropy_lse`, and by the differentiable chunked ``log_softmax`` oracle when
+            autograd needs it or off the CPU) or ``"auto"`` (Triton on CUDA for fp16/bf16/fp32,
+            head_dim <= 256 and no autograd; PyTorch otherwise).
 
     Returns:
         ``out`` with ``query``'s shape and dtype, or ``(out, entropy)`` with ``entropy`` float32 of
@@ -209,9 +333,10 @@ def attention(
     ``torch.get_float32_matmul_precision()`` is ``"high"`` or ``"medium"``, in which case TF32 is
     allowed (the same switch PyTorch matmuls follow). The kernel is forward-only.
     """
-    if not torch.compiler.is_compiling():
-        _validate(query, key, value, scale, return_entropy, backend)
-    return dispatch(query, key, value, scale, return_entropy, backend)
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        scale = _validate(query, key, value, scale, return_entropy, backend)
+    return _dispatch(query, key, value, scale, return_entropy, backend, compiling)
 
 
-__all__ = ["BACKENDS", "MAX_HEAD_DIM", "attention", "dispatch"]
+__all__ = ["BACKENDS", "HARD_SCALE", "MAX_HEAD_DIM", "attention", "dispatch", "entropy_lse"]

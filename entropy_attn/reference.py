@@ -1,8 +1,10 @@
 """PyTorch reference of the attention op: the oracle that tests compare the kernel against.
 
-It is also the path ``entropy_attn.attention`` takes off CUDA. The output is PyTorch's own
-``scaled_dot_product_attention`` with ``scale=``; the entropy is computed from ``log_softmax`` of
-the logits, in query chunks so that memory stays bounded (no ``A + eps`` bias).
+The output is PyTorch's own ``scaled_dot_product_attention`` with ``scale=``; the entropy is
+computed from ``log_softmax`` of the logits, in query chunks so that memory stays bounded (no
+``A + eps`` bias). ``entropy_attn.attention(backend="torch")`` uses it when autograd needs the
+entropy or off the CPU; on the CPU without autograd it takes the faster log-sum-exp identity
+(``entropy_attn.ops.entropy_lse``), which the tests compare against this oracle.
 """
 
 from __future__ import annotations
@@ -37,18 +39,21 @@ def attention_entropy(
 
     Returns:
         ``(..., seq_q)`` entropies, float64 for float64 inputs and float32 otherwise (the logits
-        are formed in that precision).
+        are formed in that precision). Differentiable with respect to ``query`` and ``key``. A
+        NaN in a query row gives that row NaN; a NaN in a key gives every row NaN.
     """
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     compute_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
     key_t = key.to(compute_dtype).transpose(-2, -1)
+    differentiable = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
     seq_q, seq_k = query.shape[-2], key.shape[-2]
     rows_per_chunk = max(1, chunk_elements // max(1, seq_k * query[..., :1, :1].numel()))
     pieces = []
     for start in range(0, seq_q, rows_per_chunk):
         q_chunk = query[..., start : start + rows_per_chunk, :].to(compute_dtype)
-        logits = torch.matmul(q_chunk, key_t).mul_(scale)
+        logits = torch.matmul(q_chunk, key_t)
+        logits = logits * scale if differentiable else logits.mul_(scale)
         if attn_mask is not None:
             mask = attn_mask
             if mask.shape[-2] > 1:  # a per-query mask; (..., 1, seq_k) broadcasts over rows
@@ -58,7 +63,8 @@ def attention_entropy(
             else:
                 logits = logits + mask.to(compute_dtype)
         log_p = torch.log_softmax(logits, dim=-1)
-        terms = log_p.exp().mul_(log_p)
+        # In place only without autograd: exp() saves its result for the backward pass.
+        terms = log_p.exp() * log_p if differentiable else log_p.exp().mul_(log_p)
         if attn_mask is not None:
             # Masked columns have log_p = -inf and p = 0: their term is 0, not 0 * -inf = NaN.
             terms = terms.masked_fill_(torch.isneginf(log_p), 0.0)

@@ -30,6 +30,7 @@ Numerics:
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -364,8 +365,10 @@ def _attention_fwd_kernel(
         )
     if RETURN_ENTROPY:
         entropy = tl.log(row_sum) - 0.6931471805599453 * (row_ent * inv_sum)  # ln(2)
-        # Exact entropy is >= 0; rounding can leave -1e-7 on rows with one dominant logit.
-        entropy = tl.maximum(entropy, 0.0)
+        # Exact entropy is >= 0; rounding can leave -1e-7 on rows with one dominant logit. A
+        # comparison, not tl.maximum: maximum drops NaN, and a NaN input must give a NaN entropy
+        # (a diverged run must not read as perfectly peaked attention).
+        entropy = tl.where(entropy < 0.0, 0.0, entropy)
         ent_ptrs = Ent + batch_head.to(tl.int64) * seq_q + offs_m
         tl.store(ent_ptrs, entropy, mask=row_ok)
 
@@ -401,53 +404,66 @@ def stride_align(*tensors: torch.Tensor, limit: int = 16) -> int:
     return align
 
 
-def flash_attention_forward(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    scale: float,
-    return_entropy: bool = False,
-    allow_tf32: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the fused forward kernel. No validation: the op layer does it.
+# Scales at or above this are clamped to it: softmax(scale * x) is then already its limit, hard
+# attention on the maximal logits, for every pair of fp32 logits more than 6e-18 apart (their
+# gap times 2^64 exceeds 100 nats), and scale * |q.k| stays finite for any fp16 input. Without the
+# clamp a scale such as 1e38 overflows the scaled logits to inf and the kernel returns NaN.
+HARD_SCALE = 2.0**64
+# The kernel gets scale * log2(e) as an fp32 argument; below the smallest normal fp32 it would
+# round to zero or a subnormal that GPUs flush to zero, and 0 * (-inf) on masked key columns gives
+# NaN. Such scales (and 0) are uniform attention to fp32 precision: computed without the kernel.
+_MIN_KERNEL_SCALE_LOG2 = 2.0**-126
+# Launch plans (grid, scalar arguments, constexprs and the autotuner's pick), one per call
+# signature; bounded so that a stream of new shapes cannot grow it without limit.
+_MAX_PLANS = 4096
+_INF = math.inf
+_PLANS: dict[tuple, _LaunchPlan] = {}
 
-    Args:
-        query: ``(batch, heads, seq_q, head_dim)``, any strides, fp16/bf16/fp32.
-        key, value: ``(batch, heads, seq_k, head_dim)``, same dtype and device as ``query``.
-        scale: softmax scale applied to ``query @ key^T`` (runtime value: no recompile per scale).
-        return_entropy: also compute the per-row attention entropy (nats) in the same pass.
-        allow_tf32: let fp32 inputs use TF32 tensor-core dots; ``False`` keeps IEEE fp32.
 
-    Returns:
-        ``(out, entropy)``: ``out`` has ``query``'s shape, dtype and memory layout; ``entropy`` is
-        a contiguous fp32 ``(batch, heads, seq_q)`` tensor, or ``None`` when not requested.
-    """
-    if not scale > 0:  # the kernel's max(qk) * scale shortcut needs a positive scale
-        raise ValueError(f"scale must be > 0, got {scale!r}")
-    batch, heads, seq_q, head_dim = query.shape
-    seq_k = key.shape[2]
-    out = torch.empty_like(query)
-    entropy = (
-        torch.empty((batch, heads, seq_q), device=query.device, dtype=torch.float32)
-        if return_entropy
-        else None
-    )
-    if seq_q == 0 or batch * heads == 0:
-        return out, entropy
+class _LaunchPlan:
+    """Everything about a launch that depends only on the call signature (device, dtype, shapes,
+    strides, entropy on/off, precision): built once, then a repeat call only allocates the outputs
+    and launches. ``config`` is the autotuner's pick, reused while the autotuner still holds the
+    same ``configs`` list and ``cache`` (tests swap both to force a tile)."""
+
+    __slots__ = (
+        "args", "cache", "config", "configs", "empty", "entropy_like", "grid", "launch_meta",
+        "meta",
+    )  # fmt: skip
+
+    def __init__(self, entropy_like: torch.Tensor, empty: bool):
+        self.entropy_like = entropy_like
+        self.empty = empty
+        self.args = self.meta = self.config = self.configs = self.cache = None
+        self.grid = self.launch_meta = None
+
+
+def _plan_for(query) -> _LaunchPlan:
+    batch, heads, seq_q, _ = query.shape
+    template = torch.empty(1, device=query.device, dtype=torch.float32)
+    return _LaunchPlan(template.expand(batch, heads, seq_q), seq_q == 0 or batch * heads == 0)
+
+
+def _kernel_meta(query, key, value, out, return_entropy: bool, allow_tf32: bool) -> dict:
+    """The kernel's constexprs for this call signature."""
+    head_dim = query.shape[3]
     # The precision switch only affects fp32 inputs; fp16/bf16 dots are exact products with fp32
-    # accumulation, and keep Triton's default so they take the tensor-core path as usual.
+    # accumulation and keep Triton's default, so they take the tensor-core path as usual.
     precision = "ieee" if query.dtype == torch.float32 and not allow_tf32 else "tf32"
+    return {
+        "HEAD_DIM": head_dim,
+        **tile_constexprs(head_dim),
+        "RETURN_ENTROPY": bool(return_entropy),
+        "DOT_PRECISION": precision,
+        "STRIDE_ALIGN": stride_align(query, key, value, out),
+    }
 
-    def grid(meta):
-        return (triton.cdiv(seq_q, meta["BLOCK_M"]) * batch * heads,)
 
-    _attention_fwd_kernel[grid](
-        query,
-        key,
-        value,
-        out,
-        entropy if entropy is not None else out,
-        float(scale) * _LOG2E,
+def _scalar_args(query, key, value, out) -> tuple:
+    """Strides, heads, lengths and length buckets: the kernel's non-constexpr integer args."""
+    _, heads, seq_q, _ = query.shape
+    seq_k = key.shape[2]
+    return (
         *query.stride(),
         *key.stride(),
         *value.stride(),
@@ -457,16 +473,111 @@ def flash_attention_forward(
         seq_k,
         _bucket(seq_q),
         _bucket(seq_k),
-        HEAD_DIM=head_dim,
-        **tile_constexprs(head_dim),
-        RETURN_ENTROPY=bool(return_entropy),
-        DOT_PRECISION=precision,
-        STRIDE_ALIGN=stride_align(query, key, value, out),
     )
+
+
+def _uniform_attention(query, key, value, out, entropy) -> None:
+    """Attention at scale 0 into ``out`` and ``entropy``: the mean of the values, entropy
+    ``ln seq_k``. ``0 * x`` is NaN for a non-finite ``x``, so a row whose query is not finite, and
+    every row of a head with a non-finite key, gets NaN (as the kernel would at any scale)."""
+    seq_k = key.shape[2]
+    bad = ~torch.isfinite(query).all(-1) | ~torch.isfinite(key).all(-1).all(-1, keepdim=True)
+    mean = value.to(torch.float32).mean(2, keepdim=True).expand(out.shape)
+    out.copy_(torch.where(bad[..., None], float("nan"), mean))
+    if entropy is not None:
+        entropy.copy_(torch.where(bad, float("nan"), math.log(seq_k)))
+
+
+def flash_attention_forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    return_entropy: bool = False,
+    allow_tf32: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the fused forward kernel. No input validation beyond the scale: the op layer does it.
+
+    Args:
+        query: ``(batch, heads, seq_q, head_dim)``, any strides, fp16/bf16/fp32.
+        key, value: ``(batch, heads, seq_k, head_dim)``, same dtype and device as ``query``.
+        scale: softmax scale applied to ``query @ key^T`` (runtime value: no recompile per scale),
+            finite and ``>= 0``. Scales too small for fp32 (below ``2^-126 / log2(e)``, and 0)
+            give uniform attention without the kernel; scales above ``HARD_SCALE`` (2^64) are
+            clamped to it, where softmax is already hard attention on the maximal logits.
+        return_entropy: also compute the per-row attention entropy (nats) in the same pass.
+        allow_tf32: let fp32 inputs use TF32 tensor-core dots; ``False`` keeps IEEE fp32.
+
+    Returns:
+        ``(out, entropy)``: ``out`` has ``query``'s shape, dtype and memory layout; ``entropy`` is
+        a contiguous fp32 ``(batch, heads, seq_q)`` tensor, or ``None`` when not requested. A NaN
+        in a query row gives that row NaN; a NaN in a key gives its head NaN (no clamp hides it).
+
+    The launch plan (strides, tile constexprs, stride alignment, the autotuned tile) is cached
+    per call signature, so a repeat call costs two allocations and the launch itself.
+    """
+    scale = float(scale)
+    if not 0.0 <= scale < _INF:  # also false for NaN
+        raise ValueError(f"scale must be finite and >= 0, got {scale!r}")
+    scale_log2 = (scale if scale < HARD_SCALE else HARD_SCALE) * _LOG2E
+    signature = (
+        query.get_device(),  # -1 on the CPU; CUDA's device index otherwise
+        query.dtype,
+        query.shape,
+        query.stride(),
+        key.shape,
+        key.stride(),
+        value.stride(),
+        return_entropy,
+        allow_tf32,
+    )
+    plan = _PLANS.get(signature)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[signature] = _plan_for(query)
+    out = torch.empty_like(query)
+    # empty_like of the plan's zero-stride template: a contiguous fp32 (batch, heads, seq_q)
+    # tensor, with less argument parsing than torch.empty(shape, device=, dtype=).
+    entropy = torch.empty_like(plan.entropy_like) if return_entropy else None
+    if plan.empty:
+        return out, entropy
+    if scale_log2 < _MIN_KERNEL_SCALE_LOG2:
+        _uniform_attention(query, key, value, out, entropy)
+        return out, entropy
+    kernel = _attention_fwd_kernel
+    ent_arg = out if entropy is None else entropy
+    if (
+        plan.config is not None
+        and kernel.configs is plan.configs
+        and kernel.cache is plan.cache
+    ):  # fmt: skip
+        # The autotuner's own run would recompute its key from every argument (tens of
+        # microseconds of Python) only to find this same config in its cache.
+        kernel.fn.run(
+            query, key, value, out, ent_arg, scale_log2, *plan.args,
+            grid=plan.grid, warmup=False, **plan.launch_meta,
+        )  # fmt: skip
+        return out, entropy
+    if plan.meta is None:
+        plan.meta = _kernel_meta(query, key, value, out, return_entropy, allow_tf32)
+        plan.args = _scalar_args(query, key, value, out)
+    batch, heads, seq_q, _ = query.shape
+
+    def grid(meta):
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]) * batch * heads,)
+
+    kernel[grid](query, key, value, out, ent_arg, scale_log2, *plan.args, **plan.meta)
+    if isinstance(kernel, triton.runtime.Autotuner) and kernel.best_config.pre_hook is None:
+        plan.config = kernel.best_config
+        plan.configs, plan.cache = kernel.configs, kernel.cache
+        plan.grid = grid(plan.config.kwargs)
+        plan.launch_meta = {**plan.meta, **plan.config.all_kwargs()}
     return out, entropy
 
 
 __all__ = [
+    "HARD_SCALE",
     "MAX_HEAD_DIM",
     "SUPPORTED_DTYPES",
     "flash_attention_forward",

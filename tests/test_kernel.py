@@ -195,11 +195,11 @@ def test_kernel_and_op_agree_on_max_head_dim():
 def test_custom_op_opcheck(generator):
     """The torch.library registration is consistent (fake impl, schema, dispatch)."""
     q, k, v = make_qkv(1, 2, 33, 40, 16, torch.float32, generator)
-    from entropy_attn.ops import _attention_fwd
+    from entropy_attn.ops import _attention_fwd_op
 
     for return_entropy in (True, False):
         torch.library.opcheck(
-            _attention_fwd,
+            _attention_fwd_op,
             (q, k, v, 0.25, return_entropy),
             test_utils=("test_schema", "test_faketensor"),
         )
@@ -342,14 +342,83 @@ def test_stride_align_is_the_largest_power_of_two_dividing_the_strides():
     assert stride_align(blhd(8, 4096, 40), limit=4) == 4
 
 
-@pytest.mark.parametrize("scale", [0.0, -0.5, float("nan")])
-def test_launcher_refuses_a_scale_that_is_not_positive(scale, generator):
-    """The kernel takes the row max before scaling (max(qk) * s == max(qk * s) needs s > 0)."""
+@pytest.mark.parametrize("scale", [-0.5, -1e-300, float("nan"), float("inf")])
+def test_launcher_refuses_a_negative_or_non_finite_scale(scale, generator):
+    """The kernel takes the row max before scaling (max(qk) * s == max(qk * s) needs s >= 0)."""
     from entropy_attn.kernels import flash_attention_forward
 
     q, k, v = make_qkv(1, 1, 8, 8, 16, torch.float32, generator)
-    with pytest.raises(ValueError, match="scale must be > 0"):
+    with pytest.raises(ValueError, match="scale must be finite and >= 0"):
         flash_attention_forward(q, k, v, scale)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-45, 5e-39])
+def test_launcher_small_scales_without_nan(scale, generator):
+    """Scales whose scale * log2(e) is no normal fp32 (0 included) would give NaN in the kernel
+    (0 * -inf on masked key columns): the launcher returns uniform attention instead, which is
+    what fp64 gives at these scales. Ragged keys (45 = 32 + 13) so masked columns exist."""
+    from entropy_attn.kernels import flash_attention_forward
+
+    q, k, v = make_qkv(1, 2, 20, 45, 16, torch.float16, generator)
+    out, ent = flash_attention_forward(q, k, v, scale, return_entropy=True)
+    out64 = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=scale)
+    assert_close(out, out64, **TOLERANCES[torch.float16], what=f"scale {scale}")
+    assert_close(ent, torch.full(ent.shape, math.log(45)), atol=1e-6, rtol=0, what="entropy")
+
+
+def test_launcher_smallest_kernel_scale_runs_the_kernel(monkeypatch, generator):
+    """Just above the threshold the kernel itself runs (and still gives uniform attention)."""
+    from entropy_attn.kernels import attention_fwd as fwd
+
+    calls = []
+    monkeypatch.setattr(fwd, "_uniform_attention", lambda *a: calls.append(a))
+    q, k, v = make_qkv(1, 1, 8, 40, 16, torch.float32, generator)
+    out, ent = fwd.flash_attention_forward(q, k, v, 1e-38, return_entropy=True)
+    assert calls == []
+    assert_close(ent, torch.full(ent.shape, math.log(40)), atol=1e-6, rtol=0, what="1e-38")
+    fwd.flash_attention_forward(q, k, v, 1e-39, return_entropy=True)
+    assert len(calls) == 1
+
+
+def test_launch_plan_is_cached_and_reuses_the_tuned_config(monkeypatch, generator):
+    """The second call with the same signature skips the autotuner's run (it launches the
+    picked config directly) and gives bit-identical results; a new scale needs no new plan."""
+    from entropy_attn.kernels import attention_fwd as fwd
+
+    kernel = fwd._attention_fwd_kernel
+    q, k, v = make_qkv(1, 2, 40, 50, 16, torch.float32, generator, layout="bshd")
+    first = fwd.flash_attention_forward(q, k, v, 0.3, True)
+    runs = []
+    real_run = type(kernel).run
+    monkeypatch.setattr(type(kernel), "run", lambda self, *a, **kw: runs.append(1) or
+                        real_run(self, *a, **kw))  # fmt: skip
+    plans = len(fwd._PLANS)
+    second = fwd.flash_attention_forward(q, k, v, 0.3, True)
+    third = fwd.flash_attention_forward(q, k, v, 0.7, True)
+    assert runs == [] and len(fwd._PLANS) == plans
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    ref = entropy_attn.attention(q, k, v, 0.7, return_entropy=True, backend="torch")
+    assert_close(third[0], ref[0], **TOLERANCES[torch.float32], what="new scale, same plan")
+    assert_close(third[1], ref[1], **ENTROPY_TOL, what="new scale entropy")
+    # Another layout of the same shape is another signature: a new plan, through the autotuner.
+    fwd.flash_attention_forward(q.contiguous(), k, v, 0.3, True)
+    assert len(runs) == 1 and len(fwd._PLANS) == plans + 1
+
+
+def test_eager_call_skips_the_custom_op_but_compile_keeps_it(monkeypatch, generator):
+    """Eager calls go straight to the launcher (no torch.library dispatch); the registered op is
+    what torch.compile traces (see test_torch_compile_traces_without_graph_break)."""
+    from entropy_attn import ops
+
+    called = []
+    monkeypatch.setattr(ops, "_attention_fwd_op", lambda *a: called.append(a))
+    q, k, v = make_qkv(1, 2, 20, 20, 16, torch.float32, generator)
+    entropy_attn.attention(q, k, v, 0.2, backend="triton")
+    assert called == []
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with pytest.raises(TypeError):  # the stub returns None: proof that the op was called
+        entropy_attn.attention(q, k, v, 0.2, backend="triton")
+    assert len(called) == 1
 
 
 def test_large_scale_with_ragged_keys_matches_fp64(generator):

@@ -204,8 +204,10 @@ def _qkv(shape_q=(1, 2, 8, 16), shape_k=(1, 2, 9, 16), shape_v=None, dtype=torch
         (lambda: _qkv(shape_v=(1, 2, 9, 32)), {}, ValueError, "value head_dim 32"),
         (lambda: _qkv(shape_k=(1, 3, 9, 16)), {}, ValueError, r"key \(batch, heads\)"),
         (lambda: _qkv(shape_k=(1, 2, 0, 16), shape_v=(1, 2, 0, 16)), {}, ValueError, "seq_k"),
-        (lambda: _qkv(), {"scale": 0.0}, ValueError, "scale must be finite and > 0"),
-        (lambda: _qkv(), {"scale": -0.1}, ValueError, "scale must be finite and > 0"),
+        (lambda: _qkv(), {"scale": -0.1}, ValueError, "scale must be finite and >= 0"),
+        (lambda: _qkv(), {"scale": -1e-320}, ValueError, "scale must be finite and >= 0"),
+        (lambda: _qkv(), {"scale": 10**400}, ValueError, "scale .* int too large for a float"),
+        (lambda: _qkv(), {"scale": "0.1"}, TypeError, "scale must be a Python float"),
         (lambda: _qkv(), {"scale": float("nan")}, ValueError, "scale must be finite"),
         (lambda: _qkv(), {"scale": float("inf")}, ValueError, "scale must be finite"),
         (lambda: _qkv(), {"scale": torch.tensor(0.1)}, TypeError, "scale must be a Python float"),
@@ -277,3 +279,267 @@ def test_validation_skipped_while_compiling(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     entropy_attn.attention(*_qkv(), backend="torch")
     assert calls == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric edges (issue #10, items 7-10), on the PyTorch path and the Triton kernel (CUDA, or the
+# interpreter on CPU)
+
+BOTH_BACKENDS = ["torch", "triton"]
+
+
+def _edge_qkv(generator, seq_q=24, seq_k=45, head_dim=16, dtype=torch.float32):
+    """Small inputs whose key count is ragged for the kernel's tiles (masked key columns)."""
+    shapes = [(1, 2, seq_q, head_dim), (1, 2, seq_k, head_dim), (1, 2, seq_k, head_dim)]
+    return tuple(randn(shape, dtype, generator) for shape in shapes)
+
+
+def _fp64(q, k, v, scale):
+    """fp64 output and entropy: SDPA and the oracle on float64 copies."""
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    out = F.scaled_dot_product_attention(q64, k64, v64, scale=scale)
+    return out, attention_entropy(q64, k64, scale)
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+def test_item7_nan_query_gives_nan_entropy(backend, generator):
+    q, k, v = _edge_qkv(generator)
+    q[0, 1, 5, 3] = float("nan")
+    out, ent = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend=backend)
+    assert torch.isnan(ent[0, 1, 5]), f"NaN query row gave entropy {ent[0, 1, 5].item()}"
+    assert torch.isnan(out[0, 1, 5]).all()
+    # Every other row is untouched by the NaN and matches fp64.
+    keep = torch.ones(ent.shape, dtype=torch.bool, device=ent.device)
+    keep[0, 1, 5] = False
+    out64, ent64 = _fp64(q, k, v, 0.3)
+    assert_close(ent[keep], ent64[keep.cpu()], atol=5e-5, rtol=2e-5, what="other rows' entropy")
+    assert_close(out[keep], out64[keep.cpu()], atol=2e-5, rtol=2e-5, what="other rows' output")
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+def test_item7_nan_key_gives_nan_entropy_for_its_head(backend, generator):
+    q, k, v = _edge_qkv(generator)
+    k[0, 0, 40, 7] = float("nan")  # in the ragged last key tile
+    out, ent = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend=backend)
+    assert torch.isnan(ent[0, 0]).all(), ent[0, 0]
+    assert torch.isnan(out[0, 0]).all()
+    out64, ent64 = _fp64(q[:, 1:], k[:, 1:], v[:, 1:], 0.3)  # the other head is finite
+    assert_close(ent[:, 1:], ent64, atol=5e-5, rtol=2e-5, what="finite head's entropy")
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+def test_item7_huge_logits_entropy_stays_finite_and_non_negative(backend, generator):
+    """The NaN-keeping clamp still clamps: rows with one dominant logit give 0, never < 0."""
+    q, k, v = _edge_qkv(generator)
+    q[0, 0, :8] = k[0, 0, :8] * 6.0
+    out, ent = entropy_attn.attention(q, k, v, 1.0, return_entropy=True, backend=backend)
+    assert torch.isfinite(ent).all() and (ent >= 0).all()
+    _, ent64 = _fp64(q, k, v, 1.0)
+    assert_close(ent, ent64, atol=5e-5, rtol=2e-5, what="peaked rows")
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+@pytest.mark.parametrize("scale", [0.0, 1e-46, 1e-320, 5e-324])
+def test_item8_zero_and_tiny_scales_are_uniform_attention(backend, scale, generator):
+    """Softmax at scale 0 is uniform: out = mean of the values, entropy = ln Lk. Scales that
+    underflow fp32 are the same to fp32 precision (fp64 reference at the same scale)."""
+    q, k, v = _edge_qkv(generator)
+    out, ent = entropy_attn.attention(q, k, v, scale, return_entropy=True, backend=backend)
+    seq_k = k.shape[2]
+    mean = v.double().mean(2, keepdim=True).expand(out.shape)
+    assert_close(out, mean, atol=1e-6, rtol=1e-6, what=f"scale {scale} output")
+    expected = torch.full(ent.shape, math.log(seq_k), dtype=torch.float64)
+    assert_close(ent, expected, atol=2e-6, rtol=0, what=f"scale {scale} entropy")
+    out64, ent64 = _fp64(q, k, v, scale)
+    assert_close(out, out64, atol=1e-6, rtol=1e-6, what=f"scale {scale} vs fp64")
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+def test_item8_zero_scale_keeps_nan(backend, generator):
+    q, k, v = _edge_qkv(generator)
+    q[0, 0, 2, 0] = float("nan")
+    out, ent = entropy_attn.attention(q, k, v, 0.0, return_entropy=True, backend=backend)
+    assert torch.isnan(ent[0, 0, 2]) and torch.isnan(out[0, 0, 2]).all()
+    assert torch.isfinite(ent[0, 0, 3:]).all() and torch.isfinite(ent[0, 1]).all()
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+def test_item8_log_scale_of_one_token_composes_with_attention(backend, generator):
+    """log_scale(1, T, d) is exactly 0.0 and attention accepts it: one key, weight 1."""
+    scale = entropy_attn.log_scale(1, 4096, 16)
+    assert scale == 0.0
+    q, k, v = _edge_qkv(generator, seq_k=1)
+    out, ent = entropy_attn.attention(q, k, v, scale, return_entropy=True, backend=backend)
+    assert_close(out, v.expand(out.shape), atol=0, rtol=0, what="one key")
+    assert (ent == 0).all()
+
+
+def _hard_attention64(q, k, v):
+    """The scale -> infinity limit in fp64: uniform over the keys with the maximal logit."""
+    logits = q.double() @ k.double().transpose(-1, -2)
+    ties = logits == logits.amax(-1, keepdim=True)
+    weights = ties.double() / ties.sum(-1, keepdim=True)
+    return weights @ v.double(), ties.sum(-1).double().log()
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+@pytest.mark.parametrize("scale", [1e38, 1e300, entropy_attn.ops.HARD_SCALE])
+def test_item8_huge_scale_gives_hard_attention(backend, scale, generator):
+    """Scales whose logits would overflow fp32 give the limit answer: hard attention on the
+    maximal logit (entropy 0), and ln 2 where two keys tie (a duplicated key), not NaN."""
+    q, k, v = _edge_qkv(generator)
+    k[0, 1, 44] = k[0, 1, 3]  # a tie across key tiles, for every query row of head 1
+    q[0, 1] = k[0, 1, 3] + 0.01 * q[0, 1]  # make key 3 (and 44) the maximum of head 1's rows
+    out, ent = entropy_attn.attention(q, k, v, scale, return_entropy=True, backend=backend)
+    out_hard, ent_hard = _hard_attention64(q, k, v)
+    assert (ent_hard[0, 1] - math.log(2)).abs().max() < 1e-12  # the tie is really there
+    assert_close(out, out_hard, atol=1e-6, rtol=1e-6, what=f"scale {scale} output")
+    assert_close(ent, ent_hard, atol=1e-6, rtol=0, what=f"scale {scale} entropy")
+
+
+def test_hard_scale_is_the_same_in_op_and_kernel():
+    from entropy_attn import kernels, ops
+
+    assert ops.HARD_SCALE == kernels.attention_fwd.HARD_SCALE == 2.0**64
+
+
+def test_item9_entropy_is_differentiable_against_fp64_autograd(generator):
+    """return_entropy=True with inputs that require grad: the entropy has a working backward,
+    gradchecked in fp64, and fp32 gradients match fp64 autograd of the explicit formula."""
+    q, k, v = (randn((1, 2, 7, 8), torch.float64, generator, device="cpu") for _ in range(3))
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+
+    def entropy(q, k):
+        value = v.to(q.dtype)
+        return entropy_attn.attention(q, k, value, 0.4, return_entropy=True, backend="torch")[1]
+
+    # The op's entropy is float32 by contract; gradcheck the oracle it differentiates through.
+    assert torch.autograd.gradcheck(lambda q, k: attention_entropy(q, k, 0.4), (q, k))
+    q32 = q.detach().float().requires_grad_(True)
+    k32 = k.detach().float().requires_grad_(True)
+    ent = entropy(q32, k32)
+    assert ent.requires_grad and ent.dtype == torch.float32
+    (ent * torch.arange(14.0).reshape(1, 2, 7)).sum().backward()
+    explicit = explicit_entropy(q, k, 0.4)
+    (explicit * torch.arange(14.0, dtype=torch.float64).reshape(1, 2, 7)).sum().backward()
+    assert_close(q32.grad, q.grad, atol=1e-5, rtol=1e-4, what="d entropy / d query")
+    assert_close(k32.grad, k.grad, atol=1e-5, rtol=1e-4, what="d entropy / d key")
+
+
+def test_item9_output_and_entropy_backward_together(generator):
+    q, k, v = (randn((1, 1, 9, 8), torch.float32, generator, device="cpu") for _ in range(3))
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    out, ent = entropy_attn.attention(q, k, v, 0.5, return_entropy=True)
+    (out.sum() + ent.sum()).backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+def test_item10_fraction_and_numpy_scales_work(backend, generator):
+    from fractions import Fraction
+
+    import numpy as np
+
+    q, k, v = _edge_qkv(generator)
+    want_out, want_ent = entropy_attn.attention(q, k, v, 0.5, return_entropy=True, backend=backend)
+    for scale in (Fraction(1, 2), np.float64(0.5), np.float32(0.5)):
+        out, ent = entropy_attn.attention(q, k, v, scale, return_entropy=True, backend=backend)
+        assert torch.equal(out, want_out) and torch.equal(ent, want_ent), type(scale)
+
+
+def test_item10_exotic_scales_raise_named_errors():
+    from fractions import Fraction
+
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="scale"):
+        entropy_attn.attention(q, k, v, 10**400)
+    with pytest.raises(ValueError, match="scale"):
+        entropy_attn.attention(q, k, v, Fraction(-1, 3))
+    with pytest.raises(TypeError, match="scale"):
+        entropy_attn.attention(q, k, v, 1 + 2j)
+
+
+def test_item10_log_scale_with_huge_head_dim_is_a_named_error():
+    with pytest.raises(ValueError, match="head_dim"):
+        entropy_attn.log_scale(64, 256, 10**400)
+    with pytest.raises(ValueError, match="head_dim"):
+        entropy_attn.log_scale(256, 256, 10**400)
+    # Huge token counts are fine: ln works on Python ints of any size.
+    assert entropy_attn.log_scale(10**400, 10**400, 64) == 0.125
+    expected = math.sqrt(400 * math.log(10) / (math.log(256) * 64))
+    assert entropy_attn.log_scale(10**400, 256, 64) == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast CPU entropy (issue #11 item 4): the LSE identity against the materialising oracle
+
+
+@pytest.mark.parametrize(
+    "shape_q,shape_k,dtype,scale",
+    [
+        ((2, 5, 77, 64), (2, 5, 77, 64), torch.float32, 0.125),
+        ((1, 3, 100, 40), (1, 3, 333, 40), torch.float32, 0.3),
+        ((1, 2, 49, 80), (1, 2, 77, 80), torch.float16, 0.11),
+        ((1, 2, 33, 160), (1, 2, 17, 160), torch.bfloat16, 0.08),
+        ((1, 1, 1, 8), (1, 1, 1, 8), torch.float32, 1.0),
+    ],
+)
+def test_lse_entropy_matches_oracle(shape_q, shape_k, dtype, scale, generator):
+    from entropy_attn.ops import entropy_lse
+
+    q = randn(shape_q, dtype, generator, device="cpu", scale=2.0)
+    k = randn(shape_k, dtype, generator, device="cpu", scale=2.0)
+    fast = entropy_lse(q, k, scale)
+    assert fast.dtype == torch.float32 and fast.shape == shape_q[:3]
+    assert_close(fast, attention_entropy(q.double(), k.double(), scale), atol=2e-5, rtol=1e-5,
+                 what=f"LSE entropy {dtype}")  # fmt: skip
+    assert_close(fast, attention_entropy(q, k, scale), atol=2e-5, rtol=1e-5, what="vs oracle")
+
+
+def test_lse_entropy_strided_inputs(generator):
+    from entropy_attn.ops import entropy_lse
+
+    q = randn((2, 77, 3, 40), torch.float32, generator, device="cpu").transpose(1, 2)
+    k = randn((2, 3, 90, 80), torch.float32, generator, device="cpu")[..., ::2]
+    assert_close(entropy_lse(q, k, 0.2), attention_entropy(q.double(), k.double(), 0.2),
+                 atol=2e-5, rtol=1e-5, what="strided")  # fmt: skip
+
+
+def test_lse_entropy_falls_back_to_the_oracle_for_large_logits(generator):
+    """|LSE| > 256: the subtraction would lose digits, so those rows come from the oracle."""
+    from entropy_attn.ops import entropy_lse
+
+    q = randn((1, 2, 20, 64), torch.float32, generator, device="cpu", scale=12.0)
+    k = randn((1, 2, 50, 64), torch.float32, generator, device="cpu", scale=12.0)
+    fast = entropy_lse(q, k, 1.0)
+    exact = attention_entropy(q.double(), k.double(), 1.0)
+    assert_close(fast, exact, atol=1e-4, rtol=1e-4, what="large logits")
+
+
+def test_torch_backend_uses_the_lse_path_without_grad_and_the_oracle_with_it(
+    monkeypatch, generator
+):
+    from entropy_attn import ops
+
+    calls = []
+    real = ops.entropy_lse
+    monkeypatch.setattr(ops, "entropy_lse", lambda *a: calls.append(a) or real(*a))
+    q, k, v = (randn((1, 2, 30, 16), torch.float32, generator, device="cpu") for _ in range(3))
+    out, ent = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend="torch")
+    assert len(calls) == 1
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, scale=0.3))  # stock output
+    q.requires_grad_(True)
+    _, ent_grad = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend="torch")
+    assert len(calls) == 1 and ent_grad.requires_grad
+    assert_close(ent, ent_grad.detach(), atol=2e-6, rtol=1e-6, what="LSE vs oracle path")
+
+
+@pytest.mark.parametrize("shape_q", [(1, 2, 0, 8), (0, 2, 5, 8)])
+def test_empty_query_with_entropy_on_torch_backend(shape_q):
+    """Empty inputs never reach the raw CPU flash op (it dies of SIGFPE on them)."""
+    q = torch.randn(shape_q)
+    k = torch.randn(shape_q[0], 2, 3, 8)
+    out, ent = entropy_attn.attention(q, k, k, return_entropy=True, backend="torch")
+    assert out.shape == shape_q and ent.shape == shape_q[:3] and ent.dtype == torch.float32
