@@ -23,7 +23,8 @@ to back:
 
 The timer is ``time.thread_time`` (CPU time of the calling thread), not wall time: on a shared
 machine it does not count the time the thread waits for a core, which is what a host-cost figure
-must exclude. Median over rounds; each round is the mean of many back-to-back calls.
+must exclude. PyTorch runs with one intra-op thread here (see ``one_thread``). Median over
+rounds; each round is the mean of many back-to-back calls.
 
 Runs only where the kernel's CUDA launch cannot happen anyway (no CUDA; ``TRITON_INTERPRET=1``
 makes the kernel importable on CPU); on a GPU machine ``benchmarks/gpu_check.py`` measures the
@@ -75,6 +76,17 @@ HOST_IMPLS = (
     "triton-attention-on",
 )
 PROCESSOR_IMPLS = ("AttnProcessor2_0", "EntropyAttnProcessor")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: host cost is single-threaded Python, and on a shared machine an
+    OpenMP region of a tiny op can wait milliseconds for a preempted worker thread (measured:
+    2 ms for a (2, 64, 320) division with 2 threads, 23 us with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -188,11 +200,17 @@ def _processor_call(impl: str, monkeypatch):
 
 @pytest.mark.parametrize("impl", PROCESSOR_IMPLS)
 def test_host_processor(
-    benchmark, impl: str, stubbed_launch, monkeypatch, cpu_plan: TimingPlan
+    benchmark, impl: str, stubbed_launch, monkeypatch, request, cpu_plan: TimingPlan
 ) -> None:
     """One processor call, attention stubbed (see the module docstring)."""
     pytest.importorskip("diffusers", reason="the processor benchmark needs diffusers")
     fn = _processor_call(impl, monkeypatch)
+    # The stubbed attention leaves its output uninitialised; arithmetic on stray subnormals in it
+    # is slow on x86 (milliseconds per call, varying with the memory's old contents) and would
+    # swamp what is measured here.
+    flushing = torch.set_flush_denormal(True)
+    if flushing:
+        request.addfinalizer(lambda: torch.set_flush_denormal(False))
     benchmark.group = "cpu host cost: attention processor"
     warm_up(fn)
     plan_used = timed_rounds(benchmark, fn, TIMER, cpu_plan)

@@ -227,9 +227,10 @@ def entropy_lse(query: torch.Tensor, key: torch.Tensor, scale: float | None = No
     With ``p = softmax(s q K^T)`` and ``LSE = log sum_j exp(s q.k_j)``,
     ``H = -sum_j p_j (s q.k_j - LSE) = LSE - s <q, sum_j p_j k_j>``: one flash-attention call
     (PyTorch's CPU kernel, which also returns the LSE) with the keys as values, then a dot
-    product per row. Computed in fp32 (inputs are upcast). Rows with ``|LSE| > 256``, where the
-    subtraction would lose more than ~1e-5 to rounding, are recomputed by the materialising oracle
-    :func:`entropy_attn.reference.attention_entropy`. NaN inputs give NaN rows. Forward only.
+    product per row. Computed in fp32 (fp16/bf16 inputs are upcast; fp64 stays fp64). Rows with
+    ``|LSE| > 256``, where the fp32 subtraction would lose more than ~1e-5 to rounding, are
+    recomputed by the materialising oracle :func:`entropy_attn.reference.attention_entropy`. NaN
+    inputs give NaN rows. Forward only.
 
     Args:
         query: ``(batch, heads, seq_q, head_dim)`` on the CPU.
@@ -243,8 +244,9 @@ def entropy_lse(query: torch.Tensor, key: torch.Tensor, scale: float | None = No
         scale = 1.0 / math.sqrt(query.shape[-1])
     if query.numel() == 0:  # the raw CPU flash op dies of SIGFPE on empty inputs
         return query.new_empty(query.shape[:-1], dtype=torch.float32)
-    q = query.to(torch.float32)
-    k = key.to(torch.float32)
+    compute_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    q = query.to(compute_dtype)
+    k = key.to(compute_dtype)
     # The raw CPU flash op (unlike the public SDPA, which copies first) reads the head dim as
     # contiguous: a strided head dim would give wrong numbers.
     if q.stride(-1) != 1:
@@ -255,9 +257,8 @@ def entropy_lse(query: torch.Tensor, key: torch.Tensor, scale: float | None = No
     unstable = lse.abs() > _LSE_EXACT_LIMIT
     entropy = lse.sub_(torch.linalg.vecdot(q, k_bar), alpha=scale).clamp_(min=0.0)  # keeps NaN
     if bool(unstable.any()):
-        exact = attention_entropy(query, key, scale).to(torch.float32)
-        entropy = torch.where(unstable, exact, entropy)
-    return entropy
+        entropy = torch.where(unstable, attention_entropy(query, key, scale), entropy)
+    return entropy.to(torch.float32)
 
 
 def _torch_attention(query, key, value, scale, return_entropy: bool):
