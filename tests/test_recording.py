@@ -73,7 +73,7 @@ def test_item4_recording_with_gradients_keeps_no_graph():
     rows = handle.entropy_rows()
     assert [r["layer"] for r in rows] == [r["layer"] for r in reference]
     for row, ref in zip(rows, reference, strict=True):
-        assert row["entropy"] == pytest.approx(ref["entropy"], abs=1e-6)
+        assert row["entropy"] == pytest.approx(ref["entropy"], abs=1e-5)  # another entropy path
     entropy_attn.disable(pipe)
 
 
