@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -30,11 +30,12 @@ from .processors import (
     layer_scale,
     replacement_for,
 )
-from .recording import EntropyRecorder
+from .recording import MODES, EntropyRecorder
 
 LayerSelector = str | Callable[[str, torch.nn.Module], bool]
+LayerExclusion = Iterable[str] | Callable[[str, torch.nn.Module], bool] | None
 
-_HANDLE_ATTR = "_entropy_attn_handle"
+_STATE_ATTR = "_entropy_attn_state"
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,30 @@ def training_latent_size(denoiser: torch.nn.Module, pipe=None) -> tuple[int, int
     )
 
 
+def _exclusion(exclude: LayerExclusion, names) -> Callable[[str, torch.nn.Module], bool]:
+    if exclude is None:
+        return lambda name, attn: False
+    if callable(exclude):
+        return exclude
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    try:
+        excluded = set(exclude)
+    except TypeError:
+        raise TypeError(
+            "exclude must be layer names or a callable (name, module) -> bool, got "
+            f"{type(exclude).__name__}"
+        ) from None
+    unknown = sorted(n for n in excluded if not isinstance(n, str) or n not in names)
+    if unknown:
+        raise ValueError(
+            f"exclude names {unknown[0]!r}, which is not an attention layer of the denoiser "
+            "(names as in entropy_attn.layer_table(pipe, size), e.g. "
+            f"{next(iter(names), None)!r})"
+        )
+    return lambda name, attn: name in excluded
+
+
 def _selector(layers: LayerSelector) -> Callable[[str, torch.nn.Module], bool]:
     if layers == "self":
         return lambda name, attn: kind_of(attn) != "cross"
@@ -157,12 +182,23 @@ class _Plan:
     unreached: list[str]  # attention modules that do not run in the denoiser's forward
 
 
-def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, processors=None) -> _Plan:
+def _plan(
+    pipe,
+    layers,
+    train_size,
+    vae_scale_factor,
+    text_tokens,
+    processors=None,
+    exclude=None,
+    denoiser=None,
+) -> _Plan:
     """Work out T, the selection and the replaceable layers; change nothing.
 
-    ``processors`` overrides the processors to judge (the originals, when already enabled).
+    ``processors`` overrides the processors to judge (what entropy-attn's own replaced, when
+    already enabled). Excluded layers are neither rescaled nor replaced. ``denoiser`` defaults
+    to the pipeline's (:func:`find_denoiser`).
     """
-    denoiser = find_denoiser(pipe)
+    denoiser = find_denoiser(pipe) if denoiser is None else denoiser
     factor = _vae_scale_factor(pipe, vae_scale_factor)
     if text_tokens is None:
         text_tokens = default_text_tokens(denoiser, pipe)
@@ -175,6 +211,7 @@ def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, processors=No
     )
     select = _selector(layers)
     modules = attention_modules(denoiser)
+    excluded = _exclusion(exclude, modules)
     processors = {name: module.processor for name, module in modules.items()} | (processors or {})
     counts = probe_tokens(denoiser, train_latent, text_tokens=text_tokens)
     reached = {name: module for name, module in modules.items() if name in counts}
@@ -192,23 +229,30 @@ def _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, processors=No
         factor=factor,
         text_tokens=text_tokens,
         train_tokens={name: counts[name].key_tokens for name in reached},
-        rescale={name: bool(select(name, module)) for name, module in reached.items()},
-        replace={name: replacement_for(processors[name]) is not None for name in reached},
+        rescale={
+            name: bool(select(name, module)) and not excluded(name, module)
+            for name, module in reached.items()
+        },
+        replace={
+            name: replacement_for(processors[name]) is not None and not excluded(name, module)
+            for name, module in reached.items()
+        },
         unreached=unreached,
     )
 
 
 def _check_plan(plan: _Plan, processors: dict) -> None:
     """Refuse what entropy-attn would get wrong or drop, before anything is changed."""
+    kept = [name for name, on in plan.rescale.items() if on and not plan.replace[name]]
+    if kept:
+        raise ValueError(
+            f"layers selects {kept[0]!r}, whose processor {type(processors[kept[0]]).__name__} is "
+            "not one entropy-attn reproduces; replacing it would drop what it does. Leave such "
+            f"layers out with exclude={kept!r} (the other layers keep the selection)."
+        )
     for name, selected in plan.rescale.items():
         if not selected:
             continue
-        if not plan.replace[name]:
-            raise ValueError(
-                f"layers selects {name!r}, whose processor {type(processors[name]).__name__} is "
-                "not one entropy-attn reproduces; replacing it would drop what it does. Exclude "
-                "such layers with layers=callable(name, module)."
-            )
         if plan.train_tokens[name] <= 1:
             raise ValueError(
                 f"layer {name!r} sees {plan.train_tokens[name]} key token at the training size "
@@ -236,36 +280,102 @@ def _check_plan(plan: _Plan, processors: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Lifecycle: a stack of enable calls per denoiser
+
+
+class _DenoiserState:
+    """The enable calls in force on one denoiser, oldest first (kept on the denoiser itself).
+
+    Each handle remembers, per layer it changed, its own processor and the one it found there
+    (``previous``, possibly an earlier handle's). Disabling a handle takes its processors out of
+    that chain: a layer still holding it gets ``previous`` back, a later handle that had covered
+    it inherits ``previous`` instead, and a layer the user has since changed is left alone.
+    """
+
+    def __init__(self) -> None:
+        self.handles: list[EntropyAttnHandle] = []
+
+    @staticmethod
+    def of(denoiser: torch.nn.Module, create: bool = False) -> _DenoiserState | None:
+        state = getattr(denoiser, _STATE_ATTR, None)
+        if state is None and create:
+            state = _DenoiserState()
+            setattr(denoiser, _STATE_ATTR, state)
+        return state
+
+    def underlying(self, name: str, processor):
+        """The processor below entropy-attn's on layer ``name``: what the layer held before the
+        enable calls in force first touched it (``processor`` itself if it is not theirs)."""
+        for handle in reversed(self.handles):
+            if handle.installed.get(name) is processor:
+                processor = handle.previous[name]
+        return processor
+
+
+def _judged_processors(denoiser, state: _DenoiserState | None) -> dict:
+    """Per layer, the processor a new enable judges: the one installed now, seen through
+    entropy-attn's own (a user's processor installed after an enable is judged as it is)."""
+    modules = attention_modules(denoiser)
+    if state is None:
+        return {name: module.processor for name, module in modules.items()}
+    return {name: state.underlying(name, module.processor) for name, module in modules.items()}
+
+
+# ---------------------------------------------------------------------------------------------
 # Public API
 
 
 class EntropyAttnHandle:
-    """What :func:`enable` did to one denoiser; undo it with :meth:`disable`.
+    """What one :func:`enable` call did to one denoiser; undo it with :meth:`disable`.
+
+    A handle belongs to the denoiser, not to the pipeline: pipelines that share a UNet share
+    its handles.
 
     Attributes:
         denoiser: the model whose processors were replaced.
-        original_processors: qualified layer name -> the processor object that was there before.
+        installed: qualified layer name -> the entropy-attn processor this call installed.
+        previous: qualified layer name -> the processor it replaced (possibly an earlier
+            enable call's).
         train_latent_size: ``(height, width)`` of the training latent used for ``T``.
         recorder: the :class:`~entropy_attn.recording.EntropyRecorder`, or ``None``.
     """
 
-    def __init__(self, denoiser, original_processors, train_latent_size, plan, recorder, hook):
+    def __init__(self, denoiser, installed, previous, plan, recorder, hook):
         self.denoiser = denoiser
-        self.original_processors = original_processors
-        self.train_latent_size = train_latent_size
+        self.installed = installed
+        self.previous = previous
+        self.train_latent_size = plan.train_latent
         self.train_tokens = dict(plan.train_tokens)
         self.rescaled_layers = [name for name, on in plan.rescale.items() if on]
         self.recorder = recorder
         self._hook = hook
+        modules = attention_modules(denoiser)
+        self._modules = {name: modules[name] for name in installed}
+
+    @property
+    def original_processors(self) -> dict:
+        """Qualified layer name -> the processor the layer held before entropy-attn first
+        touched it (what :func:`disable` puts back), for the layers this call replaced."""
+        state = _DenoiserState.of(self.denoiser)
+        if state is None or self not in state.handles:
+            return dict(self.previous)
+        return {name: state.underlying(name, p) for name, p in self.previous.items()}
 
     @property
     def active(self) -> bool:
-        return getattr(self.denoiser, _HANDLE_ATTR, None) is self
+        """Whether any processor this call installed is installed now (a later enable, or the
+        user's own ``set_attn_processor``, may have replaced them all)."""
+        state = _DenoiserState.of(self.denoiser)
+        if state is None or self not in state.handles:
+            return False
+        return any(self._modules[name].processor is p for name, p in self.installed.items())
 
     def entropy_rows(self) -> list[dict]:
-        """Recorded entropy, one dict per (step, layer call): step, layer, kind, heads, head_dim,
-        query_tokens, n_tokens, train_tokens, scale, entropy (mean nats over batch, heads and
-        queries). Needs ``enable(..., record_entropy=True)``."""
+        """Recorded entropy, as :meth:`EntropyRecorder.rows
+        <entropy_attn.recording.EntropyRecorder.rows>`: with ``record_entropy=True`` one dict per
+        (step, layer call): step, layer, kind, heads, head_dim, query_tokens, n_tokens,
+        train_tokens, scale, entropy (mean nats over batch, heads and queries); with
+        ``record_entropy="mean"`` one per layer and call shape, with ``calls`` and ``steps``."""
         return self._need_recorder().rows()
 
     def entropy_dataframe(self):
@@ -282,32 +392,75 @@ class EntropyAttnHandle:
         return self.recorder
 
     def disable(self) -> None:
-        """Put back the original processor objects (harmless if already done)."""
-        if not self.active:
+        """Undo this enable call (harmless if already done).
+
+        A layer that still holds this call's processor gets back the processor it replaced; a
+        layer whose processor the user has changed since keeps the user's; a later enable call
+        still in force that covered this one's processors will restore what this one replaced.
+        """
+        state = _DenoiserState.of(self.denoiser)
+        if state is None or self not in state.handles:
             return
-        modules = attention_modules(self.denoiser)
-        for name, processor in self.original_processors.items():
-            modules[name].set_processor(processor)
+        later = state.handles[state.handles.index(self) + 1 :]
+        for name, mine in self.installed.items():
+            module = self._modules[name]
+            if module.processor is mine:
+                module.set_processor(self.previous[name])
+                continue
+            for handle in later:
+                if handle.previous.get(name) is mine:
+                    handle.previous[name] = self.previous[name]
+                    break
         if self._hook is not None:
             self._hook.remove()
-        delattr(self.denoiser, _HANDLE_ATTR)
+        state.handles.remove(self)
+        if not state.handles:
+            delattr(self.denoiser, _STATE_ATTR)
 
     def __repr__(self) -> str:
         return (
             f"EntropyAttnHandle({type(self.denoiser).__name__}, "
-            f"{len(self.original_processors)} processors replaced, "
+            f"{len(self.installed)} processors replaced, "
             f"{len(self.rescaled_layers)} rescaled, train latent {self.train_latent_size}, "
             f"active={self.active})"
         )
+
+
+def _recorder_for(record_entropy, record_last_steps) -> EntropyRecorder | None:
+    if isinstance(record_entropy, bool):
+        mode = "all" if record_entropy else None
+    elif isinstance(record_entropy, str):
+        if record_entropy not in MODES:
+            raise ValueError(
+                f"record_entropy must be True, False, 'all' or 'mean', got {record_entropy!r}"
+            )
+        mode = record_entropy
+    else:
+        raise TypeError(
+            f"record_entropy must be a bool or 'all'/'mean', got {type(record_entropy).__name__}"
+        )
+    if record_last_steps is not None and mode != "all":
+        raise ValueError(
+            "record_last_steps needs record_entropy=True (or 'all'), got "
+            f"record_entropy={record_entropy!r}"
+        )
+    if mode is None:
+        return None
+    try:
+        return EntropyRecorder(mode, last_steps=record_last_steps)
+    except ValueError as error:
+        raise ValueError(str(error).replace("last_steps", "record_last_steps")) from None
 
 
 def enable(
     pipe,
     *,
     layers: LayerSelector = "self",
+    exclude: LayerExclusion = None,
     train_size: int | tuple[int, int] | None = None,
     vae_scale_factor: int | None = None,
-    record_entropy: bool = False,
+    record_entropy: bool | str = False,
+    record_last_steps: int | None = None,
     backend: str = "auto",
     text_tokens: int | None = None,
 ) -> EntropyAttnHandle:
@@ -320,13 +473,21 @@ def enable(
         layers: which layers get the entropy-preserving scale: ``"self"`` (self-attention only,
             as in the paper), ``"all"``, or a callable ``(name, attention_module) -> bool``. The
             other layers keep their scale but also run through the fused kernel.
+        exclude: layers entropy-attn leaves entirely alone (processor kept, scale kept), on top
+            of ``layers``: qualified layer names (``"down_blocks.0.attentions.0.transformer_
+            blocks.0.attn1"``), or a callable ``(name, attention_module) -> bool``. This is how
+            to keep a custom processor on a layer ``layers`` selects without changing the
+            selection of the others.
         train_size: training image size in **pixels**, ``(height, width)`` or one int; default
             ``unet.config.sample_size * vae_scale_factor`` (512 for SD-2.1-base, 256 for
             LDM-256, 1024 for SDXL).
         vae_scale_factor: pixels per latent pixel; default ``pipe.vae_scale_factor``, or 8 for
             a bare UNet.
-        record_entropy: record per step and layer the mean attention entropy, with N, T and
-            lambda (read with ``handle.entropy_rows()``).
+        record_entropy: ``True`` / ``"all"``: record per step and layer the mean attention
+            entropy, with N, T and lambda (read with ``handle.entropy_rows()``); ``"mean"``:
+            one running mean per layer and call shape (memory bounded however long the run).
+        record_last_steps: with ``record_entropy=True``, keep the rows of the last this many
+            steps only.
         backend: passed to :func:`entropy_attn.attention` (``"auto"``, ``"triton"``, ``"torch"``).
         text_tokens: text sequence length assumed when counting tokens at the training size;
             default per model family: 77 for UNets (CLIP, LDMBert), 333 for SD3 (77 CLIP + 256
@@ -334,73 +495,108 @@ def enable(
             joint attention, where text tokens are keys too.
 
     Returns:
-        An :class:`EntropyAttnHandle`. Calling ``enable`` again first undoes the earlier call,
-        then applies the new options, so ``disable`` still restores the processors that were
-        there before the first call.
+        An :class:`EntropyAttnHandle`. Enable calls on one denoiser stack: a new call judges the
+        processors installed now (entropy-attn's own seen as what they replaced), replaces
+        entropy-attn's and the stock ones, keeps any other processor it does not select, and
+        ``handle.disable()`` returns the denoiser to the state the call found.
+        :func:`disable` undoes every call in force.
 
     Raises:
         ValueError: a selected layer has a processor entropy-attn does not reproduce (for example
-            an IP-Adapter processor), which it would otherwise drop (exclude it with ``layers=``);
-            a selected layer sees one key at the training size; the denoiser runs context
-            parallelism or a layer uses an attention backend chosen with
-            ``set_attention_backend``. Nothing is changed when ``enable`` raises, also when it
-            was enabled before.
+            an IP-Adapter processor), which it would otherwise drop (leave it out with
+            ``exclude=``); ``exclude`` names a layer the denoiser does not have; a selected
+            layer sees one key at the training size; the denoiser runs context parallelism or
+            a layer uses an attention backend chosen with ``set_attention_backend``. Nothing is
+            changed when ``enable`` raises.
 
     Attention modules that do not run in the denoiser's forward (an IP-Adapter Plus image
     projection, say) have no training token count; they are left as they are, with a warning.
     """
-    if not isinstance(record_entropy, bool):
-        raise TypeError(f"record_entropy must be a bool, got {type(record_entropy).__name__}")
+    recorder = _recorder_for(record_entropy, record_last_steps)
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    denoiser = find_denoiser(pipe)
-    previous = getattr(denoiser, _HANDLE_ATTR, None)
-    # Judge the processors that were there before any enable, and fail before changing anything.
-    originals = dict(previous.original_processors) if previous is not None else {}
-    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, originals)
-    modules = attention_modules(denoiser)
-    processors = {name: module.processor for name, module in modules.items()} | originals
-    _check_plan(plan, processors)
+    return _enable_denoiser(
+        pipe,
+        find_denoiser(pipe),
+        recorder,
+        layers=layers,
+        exclude=exclude,
+        train_size=train_size,
+        vae_scale_factor=vae_scale_factor,
+        backend=backend,
+        text_tokens=text_tokens,
+    )
+
+
+def _enable_denoiser(
+    pipe,
+    denoiser: torch.nn.Module,
+    recorder: EntropyRecorder | None,
+    *,
+    layers,
+    exclude,
+    train_size,
+    vae_scale_factor,
+    backend: str,
+    text_tokens,
+    count_steps: bool = True,
+) -> EntropyAttnHandle:
+    """:func:`enable` on one denoiser of ``pipe`` (options already validated): one handle, pushed
+    on that denoiser's stack. ``count_steps``: the denoiser's forward starts a recorder step
+    (a recorder shared by several denoisers of one pipeline wants one of them to do it)."""
+    state = _DenoiserState.of(denoiser)
+    # Judge what is installed now (through entropy-attn's own processors), and fail before
+    # changing anything.
+    judged = _judged_processors(denoiser, state)
+    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, judged, exclude, denoiser)
+    _check_plan(plan, judged)
     if plan.unreached:
         warnings.warn(
             f"entropy-attn leaves {len(plan.unreached)} attention layer(s) that do not run in the "
             f"denoiser's forward unchanged, e.g. {plan.unreached[0]!r}",
-            stacklevel=2,
+            stacklevel=3,
         )
-    if previous is not None:
-        previous.disable()
-    recorder = EntropyRecorder() if record_entropy else None
-    replaced = {}
+    modules = attention_modules(denoiser)
+    installed, previous = {}, {}
     for name, ok in plan.replace.items():
         if not ok:
             continue
         module = modules[name]
-        replaced[name] = module.processor
-        module.set_processor(
-            replacement_for(module.processor)(
-                name,
-                train_tokens=plan.train_tokens[name],
-                rescale=plan.rescale[name],
-                backend=backend,
-                recorder=recorder,
-            )
+        processor = replacement_for(judged[name]).replacing(
+            judged[name],
+            name,
+            train_tokens=plan.train_tokens[name],
+            rescale=plan.rescale[name],
+            backend=backend,
+            recorder=recorder,
         )
-    hook = None if recorder is None else denoiser.register_forward_pre_hook(recorder.next_step)
-    handle = EntropyAttnHandle(denoiser, replaced, plan.train_latent, plan, recorder, hook)
-    setattr(denoiser, _HANDLE_ATTR, handle)
+        previous[name] = module.processor
+        installed[name] = processor
+        module.set_processor(processor)
+    hook = None
+    if recorder is not None and count_steps:
+        hook = denoiser.register_forward_pre_hook(recorder.next_step)
+    handle = EntropyAttnHandle(denoiser, installed, previous, plan, recorder, hook)
+    _DenoiserState.of(denoiser, create=True).handles.append(handle)
     return handle
 
 
 def disable(pipe) -> None:
-    """Restore the very processor objects ``enable`` replaced; harmless if never enabled."""
-    handle = getattr(find_denoiser(pipe), _HANDLE_ATTR, None)
-    if handle is not None:
-        handle.disable()
+    """Undo every :func:`enable` call in force on the pipeline's denoiser, newest first: each
+    layer that still holds an entropy-attn processor gets back the very processor object it had
+    before entropy-attn first touched it; layers the user changed since keep the user's.
+    Harmless if never enabled."""
+    state = _DenoiserState.of(find_denoiser(pipe))
+    if state is not None:
+        for handle in reversed(list(state.handles)):
+            handle.disable()
 
 
 @contextlib.contextmanager
 def enabled(pipe, **options) -> Iterator[EntropyAttnHandle]:
-    """``with enabled(pipe, **options) as handle:`` runs the block with entropy-attn on."""
+    """``with enabled(pipe, **options) as handle:`` runs the block with entropy-attn on, and
+    leaves the pipeline as it found it (an enable call already in force, with its recording,
+    carries on after the block)."""
     handle = enable(pipe, **options)
     try:
         yield handle
@@ -413,6 +609,7 @@ def layer_table(
     size: int | tuple[int, int],
     *,
     layers: LayerSelector = "self",
+    exclude: LayerExclusion = None,
     train_size: int | tuple[int, int] | None = None,
     vae_scale_factor: int | None = None,
     text_tokens: int | None = None,
@@ -422,14 +619,16 @@ def layer_table(
     Args:
         pipe: pipeline or denoiser, as for :func:`enable`.
         size: image size in pixels, ``(height, width)`` or one int.
-        layers, train_size, vae_scale_factor, text_tokens: as for :func:`enable`.
+        layers, exclude, train_size, vae_scale_factor, text_tokens: as for :func:`enable`.
 
     Returns:
         One :class:`LayerInfo` per attention layer that runs in the denoiser's forward, in
         module order: kind, heads, head dim, N (keys at ``size``), T (keys at the training size)
         and the scale used at ``size``.
     """
-    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens)
+    denoiser = find_denoiser(pipe)
+    judged = _judged_processors(denoiser, _DenoiserState.of(denoiser))
+    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, judged, exclude)
     latent = _pixels_to_latent(size, plan.factor, "size")
     counts = probe_tokens(plan.denoiser, latent, text_tokens=plan.text_tokens)
     rows = []

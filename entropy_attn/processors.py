@@ -5,7 +5,10 @@ embeddings, masks, output projections) and replaces its attention call by
 :func:`entropy_attn.attention` with the layer's scale:
 
 - :class:`EntropyAttnProcessor` for ``AttnProcessor2_0`` (UNets of SD 1.x/2.x, SDXL and LDM;
-  PixArt's transformer);
+  PixArt's transformer), and for ``FusedAttnProcessor2_0``, ``XFormersAttnProcessor`` and
+  ``AttnProcessorNPU`` (whose attention kernels it replaces by SDPA / the fused kernel);
+- :class:`EntropyClassicAttnProcessor` for the classic ``AttnProcessor`` and for
+  ``SlicedAttnProcessor`` (same ``baddbmm``/``softmax`` math, same slices);
 - :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` (SD3: joint attention over
   image and text tokens);
 - :class:`EntropyFluxAttnProcessor` for ``FluxAttnProcessor`` (FLUX: joint and single-stream
@@ -14,6 +17,13 @@ embeddings, masks, output projections) and replaces its attention call by
 The scale of a rescaled layer is ``base_scale * sqrt(ln N / ln T)`` with ``N`` the keys of the
 call and ``T`` the keys of the same layer at the training size; ``base_scale`` is the layer's own
 (``attn.scale``, ``1/sqrt(d)`` in every model above), so this is ``sqrt(log_T(N) / d)``.
+
+Off the fused kernel (CPU, MPS, masked calls) a layer whose scale is unchanged (``N == T``, or a
+layer not selected) gives the same bits as the processor it replaced, for ``AttnProcessor2_0``,
+``AttnProcessor``, ``SlicedAttnProcessor``, ``JointAttnProcessor2_0`` and ``FluxAttnProcessor``.
+``FusedAttnProcessor2_0`` (one fused QKV projection), ``XFormersAttnProcessor`` and
+``AttnProcessorNPU`` (their own kernels) agree only to rounding. The fused kernel (CUDA) agrees
+with every one of them to rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -22,9 +32,9 @@ import math
 
 import torch
 
-from .ops import dispatch
+from .ops import _resolve_backend, dispatch
 from .recording import EntropyRecorder
-from .reference import attention_reference
+from .reference import attention_entropy, attention_reference
 
 
 def layer_scale(n_tokens: int, train_tokens: int, base_scale: float) -> float:
@@ -60,6 +70,10 @@ def kind_of(attn) -> str:
     return "self"
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class _EntropyAttnBase:
     """Shared part: the scale for ``N`` keys, the attention call, and entropy recording."""
 
@@ -78,10 +92,27 @@ class _EntropyAttnBase:
         self.backend = backend
         self.recorder = recorder
 
+    @classmethod
+    def replacing(cls, stock, name: str, **options) -> _EntropyAttnBase:
+        """The processor that stands in for the processor ``stock`` on layer ``name``."""
+        return cls(name, **options)
+
     def scale_for(self, attn, n_tokens: int) -> float:
         """The softmax scale for a call with ``n_tokens`` keys."""
         base = base_scale_of(attn)
         return layer_scale(n_tokens, self.train_tokens, base) if self.rescale else base
+
+    def attention(self, attn, query, key, value, scale: float, attention_mask, return_entropy):
+        """``(B, H, L, D)`` attention at ``scale``, as the replaced processor computes it.
+
+        Returns ``out``, or ``(out, entropy)`` when ``return_entropy`` (only asked for calls
+        without a mask and without autograd, where the fused kernel gives the entropy for free).
+        """
+        # SDPA's own default scale, passed as None, keeps stock numerics bit for bit.
+        call_scale = None if scale == query.shape[-1] ** -0.5 else scale
+        if attention_mask is None:
+            return dispatch(query, key, value, call_scale, return_entropy, self.backend)
+        return attention_reference(query, key, value, call_scale, attn_mask=attention_mask)
 
     def attend(self, attn, query, key, value, attention_mask=None) -> torch.Tensor:
         """``(B, H, L, D)`` attention with this layer's scale; records entropy if asked."""
@@ -99,18 +130,19 @@ class _EntropyAttnBase:
         head_dim = query.shape[-1]
         n_tokens = key.shape[2]
         scale = self.scale_for(attn, n_tokens)
-        # SDPA's own default scale, passed as None, keeps stock numerics bit for bit.
-        call_scale = None if scale == head_dim**-0.5 else scale
         record = self.recorder is not None
-        if attention_mask is None:
-            result = dispatch(query, key, value, call_scale, record, self.backend)
-        else:
-            result = attention_reference(
-                query, key, value, call_scale, return_entropy=record, attn_mask=attention_mask
-            )
+        # The fused entropy only where it cannot build an autograd graph: a recorded scalar must
+        # never keep a graph (and the activations it saves) alive.
+        fused_entropy = record and attention_mask is None and not _needs_grad(query, key)
+        out = self.attention(attn, query, key, value, scale, attention_mask, fused_entropy)
         if not record:
-            return result
-        out, entropy = result
+            return out
+        if fused_entropy:
+            out, entropy = out
+        else:
+            call_scale = None if scale == head_dim**-0.5 else scale
+            with torch.no_grad():
+                entropy = attention_entropy(query, key, call_scale, attn_mask=attention_mask)
         self.recorder.add(
             entropy,
             layer=self.name,
@@ -191,6 +223,131 @@ class EntropyAttnProcessor(_EntropyAttnBase):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class EntropyClassicAttnProcessor(_EntropyAttnBase):
+    """diffusers' classic ``AttnProcessor`` (``baddbmm`` + ``softmax`` + ``bmm``), and
+    ``SlicedAttnProcessor`` when ``slice_size`` is given, with the entropy-preserving scale.
+
+    Off the fused kernel (CPU, MPS, masks) it computes exactly what the replaced processor does,
+    with only ``alpha`` of ``baddbmm`` changed: the same bits at ``N == T``, and with
+    ``slice_size`` the same ``slice_size`` (batch x head) slices, so attention slicing keeps its
+    memory bound. On the fused kernel (CUDA) no slicing is needed: it never materialises the
+    ``L x N`` scores.
+    """
+
+    def __init__(self, name: str, *, slice_size: int | None = None, **options) -> None:
+        super().__init__(name, **options)
+        if slice_size is not None and (
+            isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1
+        ):
+            raise ValueError(f"slice_size must be a positive int or None, got {slice_size!r}")
+        self.slice_size = slice_size
+
+    @classmethod
+    def replacing(cls, stock, name: str, **options) -> EntropyClassicAttnProcessor:
+        return cls(name, slice_size=getattr(stock, "slice_size", None), **options)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        def heads_first(tensor):
+            # The stock (batch * heads, L, D) tensor, seen as (batch, heads, L, D): same memory.
+            tensor = attn.head_to_batch_dim(tensor)
+            return tensor.view(batch_size, attn.heads, *tensor.shape[1:])
+
+        query, key, value = heads_first(query), heads_first(key), heads_first(value)
+        if attention_mask is not None:  # (batch * heads, Lq or 1, Lk), additive
+            attention_mask = attention_mask.view(
+                batch_size, attn.heads, -1, attention_mask.shape[-1]
+            )
+        hidden_states = self.attend(attn, query, key, value, attention_mask)
+        hidden_states = attn.batch_to_head_dim(hidden_states.reshape(-1, *query.shape[2:]))
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(
+                batch_size, channel, height, width
+            )
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def attention(self, attn, query, key, value, scale, attention_mask, return_entropy):
+        if attention_mask is None and _resolve_backend(self.backend, query, key, value) == "triton":
+            return super().attention(attn, query, key, value, scale, None, return_entropy)
+        batch_heads = query.shape[0] * query.shape[1]
+        flat = [t.reshape(batch_heads, *t.shape[2:]) for t in (query, key, value)]
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.reshape(batch_heads, *attention_mask.shape[2:])
+        step = self.slice_size or batch_heads
+        if step >= batch_heads:
+            out = _classic_attention(attn, *flat, scale, mask)
+        else:  # SlicedAttnProcessor's loop: the scores of `step` (batch x head) rows at a time
+            out = torch.zeros_like(flat[0])
+            for start in range(0, batch_heads, step):
+                rows = slice(start, start + step)
+                out[rows] = _classic_attention(
+                    attn,
+                    *(t[rows] for t in flat),
+                    scale,
+                    None if mask is None else mask[rows],
+                )
+        out = out.view(query.shape)
+        if not return_entropy:
+            return out
+        call_scale = None if scale == query.shape[-1] ** -0.5 else scale
+        return out, attention_entropy(query, key, call_scale).to(torch.float32)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, slice_size={self.slice_size})"
+
+
+def _classic_attention(attn, query, key, value, scale: float, attention_mask):
+    """``Attention.get_attention_scores`` then ``bmm``, as diffusers' ``AttnProcessor``, with
+    ``alpha=scale`` in place of ``attn.scale``; ``(batch * heads, L, D)`` tensors."""
+    dtype = query.dtype
+    if attn.upcast_attention:
+        query, key = query.float(), key.float()
+    if attention_mask is None:
+        scores_input = torch.empty(
+            query.shape[0], query.shape[1], key.shape[1], dtype=query.dtype, device=query.device
+        )
+        beta = 0
+    else:
+        scores_input, beta = attention_mask, 1
+    scores = torch.baddbmm(scores_input, query, key.transpose(-1, -2), beta=beta, alpha=scale)
+    if attn.upcast_softmax:
+        scores = scores.float()
+    return torch.bmm(scores.softmax(dim=-1).to(dtype), value)
 
 
 class EntropyJointAttnProcessor(_EntropyAttnBase):
@@ -309,11 +466,11 @@ class EntropyFluxAttnProcessor(_EntropyAttnBase):
 # Stock processor class name -> the entropy-attn processor that reproduces it. Processors not
 # listed (IP-Adapter, custom, ...) are never replaced silently.
 REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
-    "AttnProcessor": EntropyAttnProcessor,
+    "AttnProcessor": EntropyClassicAttnProcessor,
     "AttnProcessor2_0": EntropyAttnProcessor,
     "AttnProcessorNPU": EntropyAttnProcessor,
     "FusedAttnProcessor2_0": EntropyAttnProcessor,
-    "SlicedAttnProcessor": EntropyAttnProcessor,
+    "SlicedAttnProcessor": EntropyClassicAttnProcessor,
     "XFormersAttnProcessor": EntropyAttnProcessor,
     "JointAttnProcessor2_0": EntropyJointAttnProcessor,
     "FluxAttnProcessor": EntropyFluxAttnProcessor,
@@ -331,6 +488,7 @@ def replacement_for(processor) -> type[_EntropyAttnBase] | None:
 __all__ = [
     "REPLACEMENTS",
     "EntropyAttnProcessor",
+    "EntropyClassicAttnProcessor",
     "EntropyFluxAttnProcessor",
     "EntropyJointAttnProcessor",
     "base_scale_of",
