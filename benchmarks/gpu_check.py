@@ -173,6 +173,10 @@ def install_wheels(repo: Path = REPO_ROOT) -> str:
         return f"pip install of .whl failed: {done.stderr.strip()[-500:]}"
     if str(site) not in sys.path:
         sys.path.insert(0, str(site))
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as error:  # a dependency the wheels lack: say which, for the next session
+        return f"installed {len(wheels)} wheels into .site/, diffusers still fails: {error!r}"
     return f"installed {len(wheels)} wheels into .site/"
 
 
@@ -468,8 +472,8 @@ def stage_unet(ctx: Context) -> None:
 
     try:
         import diffusers  # noqa: F401
-    except ImportError:
-        ctx.results.skip("unet", "diffusers does not import (no .whl/ to install from)")
+    except ImportError as error:
+        ctx.results.skip("unet", f"diffusers does not import: {error!r}")
         return
     import entropy_attn
     from benchmarks.common import unet_inputs

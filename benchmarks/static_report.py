@@ -188,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     payload = {"triton": triton.__version__, "records": records}
-    output.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
+    json_path, markdown_path = (output.parent / f"{output.name}{s}" for s in (".json", ".md"))
+    json_path.write_text(json.dumps(payload, indent=1) + "\n")
     markdown = render_markdown(records, triton.__version__)
-    output.with_suffix(".md").write_text(markdown)
+    markdown_path.write_text(markdown)
     print(markdown)
-    print(f"results: {output.with_suffix('.json')} and .md")
+    print(f"results: {json_path} and {markdown_path.name}")
     return 0
 
 
