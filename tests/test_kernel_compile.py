@@ -8,7 +8,7 @@ shared memory, a matmul that misses the tensor cores, key/value loads that are n
 (``cp.async``) and any selectable tile that spills registers. Timing still needs a GPU.
 
 ``test_no_config_spills_exhaustive`` (marker ``slow``) compiles the whole matrix of shipped
-shapes; the rest compiles about 60 variants.
+shapes; the rest compiles about 90 variants (a few minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ SHIPPED_HEAD_DIMS = (40, 64, 80, 128, 160)  # SD 1.x/LDM, SD 2.x/SD3, FLUX, SD 1
 ARCHES = (80, 90)
 # dtype, head dim, sm, entropy, layout, configs ("all" autotuning configs or the "first").
 # "bhld": contiguous (B, H, L, D); "blhd": the (B, L, H, D) view diffusers' processors pass.
-# Every tile the autotuner may pick for the shipped head dims, entropy on (the most registers),
-# fp16, diffusers' layout, on both GPUs; the slow test below covers the rest of the matrix.
+# Every tile the autotuner may pick for the shipped head dims, entropy on and off (register
+# allocation near the limit is not monotonic: one tile spilled with entropy off only), fp16,
+# diffusers' layout, on both GPUs; the slow test below covers the rest of the matrix.
 SPILL_VARIANTS = [
-    ("fp16", head_dim, arch, True, "blhd", "all")
+    ("fp16", head_dim, arch, entropy, "blhd", "all")
     for head_dim in SHIPPED_HEAD_DIMS
     for arch in ARCHES
+    for entropy in (True, False)
 ]
 VARIANTS = [
     *SPILL_VARIANTS,
@@ -139,12 +141,12 @@ def test_key_and_value_loads_are_pipelined(compiled):
 
 def test_no_selectable_config_spills(compiled):
     """Every tile the autotuner may pick for the shipped head dims keeps everything in registers
-    (no stack), entropy on, on sm_80 and sm_90: a spilling tile is never selectable."""
+    (no stack), entropy on and off, on sm_80 and sm_90: a spilling tile is never selectable."""
     if any(r["stack_bytes"] is None for r in compiled):
         pytest.skip("Triton's bundled cuobjdump is missing: register usage unknown")
     spill_checked = [r for r in compiled if tuple(_variant(r)) + ("all",) in SPILL_VARIANTS]
     assert {_variant(r) for r in spill_checked} == {tuple(v[:5]) for v in SPILL_VARIANTS}
-    assert len(spill_checked) >= 4 * len(SPILL_VARIANTS)  # several tiles per head dim
+    assert len(spill_checked) >= 3 * len(SPILL_VARIANTS)  # several tiles per head dim
     assert _spills(spill_checked) == []
 
 
