@@ -67,7 +67,7 @@ class Entry:
 
     @property
     def is_attention(self) -> bool:
-        return self.get("impl") in ("entropy_attn", "sdpa", "materialise")
+        return self.get("impl") in ("entropy_attn", "sdpa", "materialise", "lse")
 
     @property
     def shape_key(self) -> tuple:
@@ -106,6 +106,7 @@ class ResultFile:
     entries: list[Entry]
     skipped: list[dict[str, str]]
     datetime: str | None
+    parity: list[dict[str, Any]] = field(default_factory=list)  # benchmarks/gpu_check.py
 
     @property
     def device_name(self) -> str:
@@ -136,6 +137,7 @@ def load_result(path: str | Path) -> ResultFile:
         entries=entries,
         skipped=list(data.get("skipped") or []),
         datetime=data.get("datetime"),
+        parity=list(data.get("parity") or []),
     )
 
 
@@ -154,10 +156,11 @@ class ShapeRow:
     on: Entry | None = None
     sdpa: dict[str, Entry] = field(default_factory=dict)
     materialise: Entry | None = None
+    lse: Entry | None = None  # the LSE identity with stock SDPA (benchmarks/gpu_check.py)
 
     @property
     def sample(self) -> Entry:
-        for entry in (self.off, self.on, self.materialise, *self.sdpa.values()):
+        for entry in (self.off, self.on, self.materialise, self.lse, *self.sdpa.values()):
             if entry is not None:
                 return entry
         raise ValueError("empty row")
@@ -189,6 +192,13 @@ class ShapeRow:
             return None
         return self.materialise.median_s / self.on.median_s
 
+    @property
+    def lse_speedup(self) -> float | None:
+        """LSE-identity time / fused entropy-on time."""
+        if self.on is None or self.lse is None:
+            return None
+        return self.lse.median_s / self.on.median_s
+
 
 def shape_rows(result: ResultFile) -> list[ShapeRow]:
     """Group the attention entries of one file by shape; one row per entropy-attn backend."""
@@ -200,6 +210,7 @@ def shape_rows(result: ResultFile) -> list[ShapeRow]:
     for key, entries in by_key.items():
         sdpa = {e.get("variant"): e for e in entries if e.get("impl") == "sdpa"}
         materialise = next((e for e in entries if e.get("impl") == "materialise"), None)
+        lse = next((e for e in entries if e.get("impl") == "lse"), None)
         variants = sorted({e.get("variant") for e in entries if e.get("impl") == "entropy_attn"})
         for variant in variants or [None]:
             row = ShapeRow(
@@ -208,6 +219,7 @@ def shape_rows(result: ResultFile) -> list[ShapeRow]:
                 candidate_variant=variant,
                 sdpa=sdpa,
                 materialise=materialise,
+                lse=lse,
             )
             for e in entries:
                 if e.get("impl") == "entropy_attn" and e.get("variant") == variant:
@@ -378,6 +390,12 @@ def evaluate_targets(result: ResultFile) -> list[Target]:
         scope=f"CUDA, self-attention, {MIN_TOKENS} <= N <= {MAX_TOKENS}",
         higher_is_better=True,
     )
+    fused_lse = Target(
+        name="fused vs the LSE identity with stock SDPA",
+        threshold=">= 1.5x (LSE-identity time / fused entropy-on time)",
+        scope="CUDA kernel, every measured shape",
+        higher_is_better=True,
+    )
     memory = Target(
         name="fused entropy memory is O(N)",
         threshold="call's extra peak <= 2 x (output + entropy bytes) + 1 MiB "
@@ -392,12 +410,14 @@ def evaluate_targets(result: ResultFile) -> list[Target]:
         on = row.on
         if speedup is not None and _fused_in_scope(row):
             fused.checks.append(Check(_where(row), speedup, speedup >= 20.0))
+        if (lse_ratio := row.lse_speedup) is not None and _is_cuda_kernel(row):
+            fused_lse.checks.append(Check(_where(row), lse_ratio, lse_ratio >= 1.5))
         if on is not None and on.get("peak_extra_bytes") is not None:
             floor = (on.get("out_bytes") or 0) + (on.get("entropy_bytes") or 0)
             if floor > 0:
                 extra = on.get("peak_extra_bytes")
                 memory.checks.append(Check(_where(row), extra / floor, extra <= 2 * floor + MIB))
-    targets += [on_off, fused, memory]
+    targets += [on_off, fused, fused_lse, memory]
 
     unet = unet_rows(result)
     for mode, limit in (("enable", 1.02), ("enable-record-entropy", 1.08)):
@@ -691,6 +711,8 @@ def _fused_lines(rows: list[ShapeRow]) -> list[str]:
         "fused (entropy on)",
         "materialising",
         "speedup",
+        "LSE identity (SDPA)",
+        "fused vs LSE (>= 1.5x)",
         "fused extra MiB",
         "materialising extra MiB",
         "output+entropy MiB",
@@ -699,7 +721,7 @@ def _fused_lines(rows: list[ShapeRow]) -> list[str]:
     ]
     table = []
     for row in rows:
-        if row.on is None or row.materialise is None:
+        if row.on is None or (row.materialise is None and row.lse is None):
             continue
         speedup = row.fused_speedup
         on = row.on
@@ -716,12 +738,16 @@ def _fused_lines(rows: list[ShapeRow]) -> list[str]:
                 row.case,
                 row.candidate_variant or "—",
                 fmt_time(on.median_s),
-                fmt_time(row.materialise.median_s),
+                fmt_time(row.materialise.median_s if row.materialise else None),
                 fmt_ratio(speedup),
+                fmt_time(row.lse.median_s if row.lse else None),
+                fmt_ratio(row.lse_speedup),
                 fmt_mib(on.get("peak_extra_bytes")),
-                fmt_mib(row.materialise.get("peak_extra_bytes")),
+                fmt_mib(row.materialise.get("peak_extra_bytes") if row.materialise else None),
                 fmt_mib(floor),
-                _mark(speedup >= 20.0) if in_scope else "— (out of scope)",
+                (_mark(speedup >= 20.0) if speedup is not None else "—")
+                if in_scope
+                else "— (out of scope)",
                 memory,
             ]
         )
@@ -846,6 +872,7 @@ def render_markdown(result: ResultFile, plot_name: str | None = None) -> str:
             *_unet_lines(generation),
             "",
         ]
+    lines += _gpu_check_lines(result)
     if plot_name:
         lines += ["## TFLOP/s vs N", "", f"![TFLOP/s vs N per head dim]({plot_name})", ""]
     if result.skipped:
@@ -856,6 +883,45 @@ def render_markdown(result: ResultFile, plot_name: str | None = None) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _gpu_check_lines(result: ResultFile) -> list[str]:
+    """Parity against fp64 and host cost per call, as ``benchmarks/gpu_check.py`` records them."""
+    lines = []
+    if result.parity:
+        header = ["dtype", "B, H, Lq, Lk, D", "layout", "out err", "SDPA err", "entropy err", "ok"]
+        table = [
+            [
+                str(p.get("dtype")),
+                ", ".join(map(str, p.get("shape", []))),
+                str(p.get("layout")),
+                f"{p.get('out_max_err', float('nan')):.2e}",
+                f"{p.get('sdpa_max_err', float('nan')):.2e}",
+                f"{p.get('entropy_max_err', float('nan')):.2e}",
+                _mark(bool(p.get("ok"))),
+            ]
+            for p in result.parity
+        ]
+        lines += [
+            "## Parity against fp64",
+            "",
+            "Output within 2 x SDPA's own error + 1 ulp; entropy within 5e-5 + 2e-5 |H| nats.",
+            "",
+            *_table(header, table),
+            "",
+        ]
+    host = [e for e in result.entries if e.get("impl") == "host-cost"]
+    if host:
+        table = [
+            [str(e.get("variant")), f"{e.median_s * 1e6:.1f} us", e.get("baseline")] for e in host
+        ]
+        lines += [
+            "## Host cost per call",
+            "",
+            *_table(["call", "median per call", "how"], table),
+            "",
+        ]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

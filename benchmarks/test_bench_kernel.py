@@ -12,6 +12,9 @@ moments apart on one GPU. ``test_attention``'s ``impl`` is one of:
   reason (PyTorch's own warnings) is written into the result file.
 * ``materialise``: the straightforward PyTorch entropy (full softmax matrix, then
   ``-(A * A.log()).sum(-1)``, plus ``A V``). Skipped, with the reason, when it would not fit.
+* ``lse``: the strongest unfused entropy, the log-sum-exp identity with stock SDPA
+  (``benchmarks.common.lse_attention_entropy``: one SDPA call with values ``[V | K]``, then
+  ``H = LSE - scale <q, mean key>``); its variant is the SDPA kernel that returned the LSE.
 
 Each benchmark records in ``extra_info``: shapes, dtype, scale, which implementation/baseline,
 median seconds, TFLOP/s (``4*B*H*Lq*Lk*D / median``; the entropy's extra arithmetic is not
@@ -42,6 +45,7 @@ from benchmarks.common import (
     dtype_name,
     gpu_cases,
     group_name,
+    lse_attention_entropy,
     make_qkv,
     materialised_attention_entropy,
     materialised_bytes,
@@ -82,6 +86,7 @@ IMPLS = (
     "entropy_attn-on",
     *(f"sdpa-{name}" for name in SDPA_BACKEND_NAMES),
     "materialise",
+    "lse",
 )
 
 
@@ -122,6 +127,14 @@ def test_attention(
         def fn():
             return F.scaled_dot_product_attention(query, key, value, scale=scale)
 
+    elif impl == "lse":
+        entropy = True
+        variant = "sdpa"
+        baseline = "LSE identity with stock SDPA: values [V | K], H = LSE - scale <q, mean key>"
+
+        def fn():
+            return lse_attention_entropy(query, key, value, scale)
+
     else:
         entropy = True
         variant = "torch"
@@ -144,6 +157,8 @@ def test_attention(
         else:
             probe(fn, f"{impl} {where}")
         peak, extra = cuda_peak_memory(fn)
+        if impl == "lse":
+            variant = fn()[2]  # the SDPA kernel that returned the LSE
         plan_used = timed_rounds(benchmark, fn, cuda_sync_timer, cuda_plan)
     record(
         benchmark,

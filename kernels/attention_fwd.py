@@ -18,6 +18,12 @@ Numerics:
   new max). Keeping ``t`` relative to the running max is the design card's
   ``H = m + ln l - t / l`` with ``t`` shifted by ``m``; it avoids the cancellation of two large
   terms when the logits are large (fp16 with ``|s| ~ 1e4``). At the end ``H = ln l - ln(2) t / l``.
+* The rescale is conditional (as in FlashAttention-4): ``m`` is only a reference point, and
+  ``l``, ``t`` and the output accumulator are exact for any ``m`` they share. A key tile moves the
+  reference up only when some row's max grew by more than ``RESCALE_LOG2`` = 8 (a block-wide
+  test, one branch); otherwise the old reference stays, ``p = 2^(u - m) <= 2^8`` (no overflow in
+  fp16/bf16/fp32) and the tile skips the ``alpha`` multiplies of the accumulator and sums. The
+  first tile always moves it (from ``-inf``).
 * Padded key columns get ``u = -inf`` so that they add nothing to ``l``; their entropy term
   ``(u - m) 2^(u - m)`` would be ``-inf * 0 = NaN``, so their ``u - m`` is zeroed first.
 * ``p = 2^(u - m)`` is rounded to the value dtype (fp16/bf16) for the ``P @ V`` product, as in
@@ -41,6 +47,8 @@ MAX_HEAD_DIM = 256
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _LOG2E = 1.4426950408889634  # log2(e) = 1 / ln(2)
+# Growth of a row's running max (log2 units) below which the running sums are not rescaled.
+RESCALE_LOG2 = tl.constexpr(8.0)
 
 
 def interpreting() -> bool:
@@ -48,22 +56,54 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# CUDA tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) per GPU generation and padded head-dim
+# width (main plus tail tile), best first by the static counts of benchmarks/static_report.py
+# (key-loop instructions per logit); the first is the tile used without autotuning. Only tiles
+# that keep everything in registers (no spills) for the shipped head dims 40/64/80/128/160 are
+# listed (tests/test_kernel_compile.py compiles every one). 128-row tiles with 64+ keys use 8
+# warps (two warpgroups of 64 rows): with 4 warps they need every register and spill once the
+# entropy is on. sm_80's mma.sync keeps more in registers than sm_90's wgmma, so its wide heads
+# get narrower tiles.
+_TILES = {
+    90: {
+        64: [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4)],
+        80: [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
+        160: [(128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
+    },
+    80: {
+        64: [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
+        80: [(128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
+        160: [(128, 32, 8, 2), (64, 64, 8, 3)],
+    },
+}
+_WIDE_HEAD_TILES = [(64, 64, 4, 2), (64, 32, 4, 3), (32, 32, 4, 2)]  # past 160: no shipped model
+# A tile of 64 query rows for grids that 128-row tiles would leave mostly idle.
+_SMALL_GRID_TILE = (64, 64, 4, 3)
+_DEFAULT_SMS = 132  # H100 SXM; the pruner asks the device when it has one
+_DEFAULT_ARCH = 90
+
+
+def tiles_for(head_dim_pad: int, arch: int = _DEFAULT_ARCH) -> list[tuple[int, int, int, int]]:
+    """The CUDA tiles for a padded head-dim width on sm_``arch`` (sm_90 and newer use the sm_90
+    list, older GPUs the sm_80 one), best first."""
+    for width, tiles in _TILES[90 if arch >= 90 else 80].items():
+        if head_dim_pad <= width:
+            return list(tiles)
+    return list(_WIDE_HEAD_TILES)
+
+
+def _config(tile: tuple[int, int, int, int]) -> triton.Config:
+    block_m, block_n, warps, stages = tile
+    return triton.Config(
+        {"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages
+    )
+
+
 def _cuda_configs() -> list[triton.Config]:
-    shapes = [
-        (128, 64, 4, 3),
-        (128, 64, 8, 3),
-        (128, 64, 4, 4),
-        (128, 128, 8, 3),
-        (128, 32, 4, 4),
-        (64, 64, 4, 3),
-        (64, 64, 4, 4),
-        (64, 32, 4, 4),
-        (64, 128, 4, 3),
-    ]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n, w, s in shapes
-    ]
+    """Every CUDA tile of any head-dim width (the autotuner's list; the pruner narrows it)."""
+    every = [tile for family in _TILES.values() for tiles in family.values() for tile in tiles]
+    tiles = dict.fromkeys([*every, *_WIDE_HEAD_TILES])
+    return [_config(tile) for tile in tiles]
 
 
 def _interpreter_configs() -> list[triton.Config]:
@@ -87,18 +127,43 @@ def _shared_bytes(config, head_dim_pad: int, element_bytes: int) -> int:
     return element_bytes * head_dim_pad * (block_m + 2 * block_n * config.num_stages)
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles that would not fit in shared memory (wide heads, fp32) or that are wider than
-    the keys; if none is left, keep the smallest. IEEE fp32 gets its own small tile.
+def _multiprocessors(tensor) -> int:
+    if getattr(tensor, "is_cuda", False):
+        return torch.cuda.get_device_properties(tensor.device).multi_processor_count
+    return _DEFAULT_SMS
 
-    ``ENTROPY_ATTN_AUTOTUNE=0`` keeps only the first tile that fits: no autotuning, so the first
-    call of each new shape compiles one kernel instead of several (tests, quick runs)."""
+
+def _arch(tensor) -> int:
+    """``10 * major + minor`` of the tensor's GPU (80 for A100, 90 for H100); 90 off CUDA."""
+    if getattr(tensor, "is_cuda", False):
+        major, minor = torch.cuda.get_device_capability(tensor.device)
+        return 10 * major + minor
+    return _DEFAULT_ARCH
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """The tiles for this head dim (``tiles_for``) that fit in shared memory and are not wider
+    than the keys; if none is left, the smallest. IEEE fp32 gets its own small tile.
+
+    When 128-row tiles would give fewer programs than the GPU has multiprocessors (few heads,
+    short sequences), the 64-row tile goes first. ``ENTROPY_ATTN_AUTOTUNE=0`` keeps only the
+    first tile: no autotuning, so the first call of each new shape compiles one kernel instead of
+    several (tests, quick runs)."""
     head_dim_pad = kwargs["D_MAIN"] + (kwargs["D_TAIL"] if kwargs["HAS_TAIL"] else 0)
     element_bytes = named_args["Q"].element_size()
     seq_k = named_args["seq_k"]
     ieee = kwargs.get("DOT_PRECISION") == "ieee" and not interpreting()
     if ieee:
         configs = _ieee_configs()
+    elif not interpreting():
+        tiles = tiles_for(head_dim_pad, _arch(named_args["Q"]))
+        seq_q, batch_heads = named_args.get("SEQ_Q_BUCKET"), named_args.get("BATCH_HEADS_BUCKET")
+        if seq_q is not None and batch_heads is not None:
+            programs = triton.cdiv(seq_q, 128) * batch_heads
+            if programs < _multiprocessors(named_args["Q"]) and _SMALL_GRID_TILE in tiles:
+                tiles.remove(_SMALL_GRID_TILE)
+                tiles.insert(0, _SMALL_GRID_TILE)
+        configs = [_config(tile) for tile in tiles]
     kept = [
         config
         for config in configs
@@ -175,28 +240,40 @@ def _attend_key_tile(
         qk = tl.where(cols[None, :] < seq_k, qk, float("-inf"))
     # The scale is > 0 (the launcher checks), so max(qk * s) == max(qk) * s exactly (rounding is
     # monotonic) and each logit costs one FMA, qk * s - max, before exp2.
-    new_max = tl.maximum(row_max, tl.max(qk, 1) * qk_scale_log2)
-    alpha = tl.math.exp2(row_max - new_max)
-    shifted = qk * qk_scale_log2 - new_max[:, None]
+    tile_max = tl.max(qk, 1) * qk_scale_log2
+    # Rescale only when some row's max grew by more than RESCALE_LOG2 (FlashAttention-4): until
+    # then the old max stays the reference, p = 2^(u - m) stays below 2^RESCALE_LOG2 (no overflow
+    # in fp16/bf16/fp32), and nothing is lost since l, t and the output share the reference.
+    if tl.max(tile_max - row_max, 0) > RESCALE_LOG2:
+        new_max = tl.maximum(row_max, tile_max)
+        alpha = tl.math.exp2(row_max - new_max)
+        if RETURN_ENTROPY:
+            # Before the first tile row_sum is 0 and row_max is -inf: skip the shift (0 * -inf).
+            recentre = tl.where(row_sum > 0.0, row_max - new_max, 0.0) * row_sum
+            row_ent = alpha * (row_ent + recentre)
+        row_sum = row_sum * alpha
+        acc_main = acc_main * alpha[:, None]
+        if HAS_TAIL:
+            acc_tail = acc_tail * alpha[:, None]
+        row_max = new_max
+    shifted = qk * qk_scale_log2 - row_max[:, None]
     p = tl.math.exp2(shifted)
     if RETURN_ENTROPY:
         if MASK_N:
             terms = p * tl.where(cols[None, :] < seq_k, shifted, 0.0)
         else:
             terms = p * shifted
-        # Before the first tile row_sum is 0 and row_max is -inf: skip the shift (0 * -inf).
-        recentre = tl.where(row_sum > 0.0, row_max - new_max, 0.0) * row_sum
-        row_ent = alpha * (row_ent + recentre) + tl.sum(terms, 1)
-    row_sum = row_sum * alpha + tl.sum(p, 1)
+        row_ent += tl.sum(terms, 1)
+    row_sum += tl.sum(p, 1)
     v_main = _load_tile(v_main_ptrs, cols, seq_k, offs_d_main, HEAD_DIM, MASK_N, HEAD_DIM < D_MAIN)
     p_low = p.to(v_main.dtype)
-    acc_main = tl.dot(p_low, v_main, acc_main * alpha[:, None], input_precision=DOT_PRECISION)
+    acc_main = tl.dot(p_low, v_main, acc_main, input_precision=DOT_PRECISION)
     if HAS_TAIL:
         v_tail = _load_tile(
             v_tail_ptrs, cols, seq_k, offs_d_tail, HEAD_DIM, MASK_N, D_MAIN + D_TAIL > HEAD_DIM
         )
-        acc_tail = tl.dot(p_low, v_tail, acc_tail * alpha[:, None], input_precision=DOT_PRECISION)
-    return acc_main, acc_tail, new_max, row_sum, row_ent
+        acc_tail = tl.dot(p_low, v_tail, acc_tail, input_precision=DOT_PRECISION)
+    return acc_main, acc_tail, row_max, row_sum, row_ent
 
 
 @triton.autotune(
@@ -207,12 +284,15 @@ def _attend_key_tile(
         "HAS_TAIL",
         "SEQ_Q_BUCKET",
         "SEQ_K_BUCKET",
+        "BATCH_HEADS_BUCKET",
         "RETURN_ENTROPY",
         "STRIDE_ALIGN",
     ],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
-@triton.jit(do_not_specialize=["seq_q", "seq_k", "SEQ_Q_BUCKET", "SEQ_K_BUCKET"])
+@triton.jit(
+    do_not_specialize=["seq_q", "seq_k", "SEQ_Q_BUCKET", "SEQ_K_BUCKET", "BATCH_HEADS_BUCKET"]
+)
 def _attention_fwd_kernel(
     Q,
     K,
@@ -241,6 +321,7 @@ def _attention_fwd_kernel(
     seq_k,
     SEQ_Q_BUCKET,
     SEQ_K_BUCKET,
+    BATCH_HEADS_BUCKET,
     HEAD_DIM: tl.constexpr,
     D_MAIN: tl.constexpr,
     D_TAIL: tl.constexpr,
@@ -461,7 +542,7 @@ def _kernel_meta(query, key, value, out, return_entropy: bool, allow_tf32: bool)
 
 def _scalar_args(query, key, value, out) -> tuple:
     """Strides, heads, lengths and length buckets: the kernel's non-constexpr integer args."""
-    _, heads, seq_q, _ = query.shape
+    batch, heads, seq_q, _ = query.shape
     seq_k = key.shape[2]
     return (
         *query.stride(),
@@ -473,6 +554,7 @@ def _scalar_args(query, key, value, out) -> tuple:
         seq_k,
         _bucket(seq_q),
         _bucket(seq_k),
+        triton.next_power_of_2(batch * heads),  # BATCH_HEADS_BUCKET: grid size in the key
     )
 
 
