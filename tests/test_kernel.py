@@ -441,31 +441,6 @@ def _pruned_configs(dtype, head_dim, precision, seq_k=4096):
     )
 
 
-def _pruned(dtype, head_dim, precision, seq_k=4096):
-    configs = _pruned_configs(dtype, head_dim, precision, seq_k)
-    return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in configs]
-
-
-def test_autotuning_choices(monkeypatch):
-    """What the CUDA autotuner may try (the pruner runs on CPU too): every fitting tile for half
-    precision, one small tile for IEEE fp32, the first tile with ENTROPY_ATTN_AUTOTUNE=0."""
-    from entropy_attn.kernels import attention_fwd as fwd
-
-    monkeypatch.setattr(fwd, "interpreting", lambda: False)
-    monkeypatch.delenv("ENTROPY_ATTN_AUTOTUNE", raising=False)
-    all_fp16 = _pruned(torch.float16, 64, "tf32")
-    assert len(all_fp16) == len(fwd._cuda_configs()) == 9
-    assert len(_pruned(torch.float16, 160, "tf32")) == 5  # wide heads drop the largest tiles
-    assert _pruned(torch.float16, 64, "tf32", seq_k=20) == [
-        c for c in all_fp16 if c[1] <= 32
-    ]  # no key tile wider than the keys
-    assert _pruned(torch.float32, 64, "ieee") == [(32, 32, 4, 2)]
-    assert _pruned(torch.float32, 256, "ieee") == [(32, 32, 4, 2)]
-    assert len(_pruned(torch.float32, 64, "tf32")) > 1  # TF32 uses the tensor cores: autotune
-    monkeypatch.setenv("ENTROPY_ATTN_AUTOTUNE", "0")
-    assert _pruned(torch.float16, 64, "tf32") == all_fp16[:1]
-
-
 @pytest.mark.parametrize(
     "head_dim,layout",
     [
