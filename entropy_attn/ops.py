@@ -2,8 +2,9 @@
 
 ``attention`` has SDPA's layout ``(batch, heads, seq, head_dim)``. ``backend="triton"`` runs the
 fused kernel from ``entropy_attn.kernels`` (CUDA tensors, or CPU tensors under
-``TRITON_INTERPRET=1``); ``backend="torch"`` runs the PyTorch reference; ``"auto"`` picks the kernel
-on CUDA when it supports the call and PyTorch otherwise.
+``TRITON_INTERPRET=1``); ``backend="torch"`` runs the PyTorch path (SDPA, and the entropy by the
+log-sum-exp identity or the materialising oracle); ``"auto"`` picks the kernel on CUDA when it
+supports the call and PyTorch otherwise.
 """
 
 from __future__ import annotations
@@ -115,7 +116,32 @@ def _check_scale(scale) -> float | None:
 
 
 def _validate(query, key, value, scale, return_entropy, backend) -> float | None:
-    """Check every argument; returns ``scale`` as a float (or ``None``)."""
+    """Check every argument; returns ``scale`` as a float (or ``None``).
+
+    A valid call is recognised by one compound test (every tensor rule below at once), which
+    costs less than checking the rules one by one; anything else goes through
+    :func:`_explain_invalid`, which raises the error that names the argument."""
+    tensor = torch.Tensor
+    if (
+        type(query) is tensor and type(key) is tensor and type(value) is tensor
+        and backend in BACKENDS and (return_entropy is True or return_entropy is False)
+    ):  # fmt: skip
+        q_shape, k_shape, v_shape = query.shape, key.shape, value.shape
+        dtype = query.dtype
+        if (
+            len(q_shape) == 4 and len(k_shape) == 4 and len(v_shape) == 4
+            and dtype in _TORCH_DTYPES and key.dtype == dtype and value.dtype == dtype
+            and q_shape[0] == k_shape[0] == v_shape[0] and q_shape[1] == k_shape[1] == v_shape[1]
+            and q_shape[3] == k_shape[3] == v_shape[3] > 0 and k_shape[2] == v_shape[2] > 0
+            and key.device == query.device and value.device == query.device
+        ):  # fmt: skip
+            return _check_scale(scale)
+    return _explain_invalid(query, key, value, scale, return_entropy, backend)
+
+
+def _explain_invalid(query, key, value, scale, return_entropy, backend) -> float | None:
+    """Every rule of :func:`_validate` one at a time, raising a named error for the first one
+    broken (returns the scale if, e.g. for a tensor subclass, all hold)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if return_entropy is not True and return_entropy is not False:

@@ -641,9 +641,9 @@ def flash_attention_forward(
             grid=plan.grid, warmup=False, **plan.launch_meta,
         )  # fmt: skip
         return out, entropy
-    if plan.meta is None:
-        plan.meta = _kernel_meta(query, key, value, out, return_entropy, allow_tf32)
+    if plan.meta is None:  # (args first: another thread may test meta meanwhile)
         plan.args = _scalar_args(query, key, value, out)
+        plan.meta = _kernel_meta(query, key, value, out, return_entropy, allow_tf32)
     batch, heads, seq_q, _ = query.shape
 
     def grid(meta):
@@ -651,10 +651,11 @@ def flash_attention_forward(
 
     kernel[grid](query, key, value, out, ent_arg, scale_log2, *plan.args, **plan.meta)
     if isinstance(kernel, triton.runtime.Autotuner) and kernel.best_config.pre_hook is None:
-        plan.config = kernel.best_config
+        config = kernel.best_config
+        plan.grid = grid(config.kwargs)
+        plan.launch_meta = {**plan.meta, **config.all_kwargs()}
         plan.configs, plan.cache = kernel.configs, kernel.cache
-        plan.grid = grid(plan.config.kwargs)
-        plan.launch_meta = {**plan.meta, **plan.config.all_kwargs()}
+        plan.config = config  # last: the fast path above starts using the plan once it is set
     return out, entropy
 
 

@@ -547,3 +547,15 @@ def test_empty_query_with_entropy_on_torch_backend(shape_q):
     k = torch.randn(shape_q[0], 2, 3, 8)
     out, ent = entropy_attn.attention(q, k, k, return_entropy=True, backend="torch")
     assert out.shape == shape_q and ent.shape == shape_q[:3] and ent.dtype == torch.float32
+
+
+def test_tensor_subclass_inputs_take_the_full_validation(generator):
+    """The one-test fast accept in _validate covers plain tensors only; a subclass (a Parameter)
+    goes through every rule one by one, and a valid call still runs."""
+    q, k, v = (randn((1, 2, 9, 16), torch.float32, generator, device="cpu") for _ in range(3))
+    param = torch.nn.Parameter(q, requires_grad=False)
+    with torch.no_grad():
+        out = entropy_attn.attention(param, k, v, 0.3, backend="torch")
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, scale=0.3))
+    with pytest.raises(ValueError, match="key head_dim 8"):
+        entropy_attn.attention(param, k[..., :8], v, 0.3)
