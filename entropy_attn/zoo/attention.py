@@ -112,7 +112,9 @@ def attention_study(
             series[f"{size[0]}x{size[1]} {method}"] = layers
             for layer in layers:
                 row = {"model": label, **layer.as_dict()}
-                row["entropy_over_ln_n"] = layer.entropy / math.log(layer.n_tokens)
+                # Cross-attention sees one key (the label token): entropy 0, ln N 0.
+                ln_n = math.log(layer.n_tokens)
+                row["entropy_over_ln_n"] = layer.entropy / ln_n if ln_n > 0 else None
                 row["logit_variance"] = variance.get(layer.layer) if method == "stock" else None
                 rows.append(row)
     out_dir = Path(out_dir)

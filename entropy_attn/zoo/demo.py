@@ -22,9 +22,10 @@ def demo_grid(
     """Write ``demo-<name>.png`` to ``out_dir`` and return its path.
 
     Columns: the sizes (default training size 8x8, 0.5x, 1.5x, 2x and 8x16), each a 2x5 tile of
-    the digits 0-9. Rows: stock, entropy-attn (same noise per sample), and ``|difference|``
-    (its maximum in the label). ``pipe`` overrides the loaded model (e.g. a DiT with
-    ``positions="extend"``). Takes a few seconds on 2 CPU cores.
+    the digits 0-9. Rows: stock, entropy-attn (same noise per sample), and ``|difference|`` on
+    one colour scale from 0 to the largest difference in the picture (each panel's maximum in
+    its label; images span [-1, 1], so differences can reach 2). ``pipe`` overrides the loaded
+    model (e.g. a DiT with ``positions="extend"``). Takes a few seconds on 2 CPU cores.
     """
     import matplotlib
 
@@ -70,18 +71,22 @@ def demo_grid(
         gridspec_kw={"width_ratios": widths},
         squeeze=False,
     )
+    # One colour scale for every difference panel: the largest difference anywhere (at least
+    # 0.01, so that a bit-identical panel stays black rather than amplifying rounding).
+    pairs = zip(rows["entropy-attn"], rows["stock"], strict=True)
+    top = max(0.01, *((ours - stock).abs().max().item() for ours, stock in pairs))
     for col, (height, width) in enumerate(sizes):
         stock, ours = rows["stock"][col], rows["entropy-attn"][col]
         diff = (ours - stock).abs()
         tag = " (train)" if (height, width) == tuple(train) else ""
         for row, (data, label) in enumerate(
-            ((stock, "stock"), (ours, "entropy-attn"), (diff, "|difference|"))
+            ((stock, "stock"), (ours, "entropy-attn"), (diff, f"|difference|\n(0 to {top:.2f})"))
         ):
             ax = axes[row, col]
             if row < 2:
                 ax.imshow(tile(data), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
             else:
-                ax.imshow(tile(data), cmap="magma", vmin=0, vmax=2, interpolation="nearest")
+                ax.imshow(tile(data), cmap="magma", vmin=0, vmax=top, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
