@@ -1,8 +1,8 @@
 """The training data: scikit-learn's 1,797 real 8x8 handwritten digits (``load_digits``, shipped
 inside the scikit-learn wheel, so nothing is downloaded).
 
-Pixel values there are integers 0..16. The zoo models work on ``[-1, 1]`` images; digits are
-upsampled bilinearly to the training size (16x16).
+Pixel values there are integers 0..16. The zoo models work on ``[-1, 1]`` images and are
+trained at the digits' native 8x8; other sizes resize bilinearly (real references in the metrics).
 """
 
 from __future__ import annotations
