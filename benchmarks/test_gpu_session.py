@@ -38,6 +38,7 @@ def test_unknown_stage_is_a_usage_error(args: tuple[str, ...], tmp_path: Path) -
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
+@pytest.mark.slow  # runs a test stage (a nested pytest session) in a subprocess
 def test_test_stage_writes_environment_log_and_junit(tmp_path: Path) -> None:
     result = _run("test-rest", "--", "tests/test_package.py", out=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -127,6 +127,7 @@ def demo_run(tmp_path_factory):
     return code, out, stdout.getvalue(), stderr.getvalue()
 
 
+@pytest.mark.xdist_group("demo")  # the three demo tests share one demo run
 def test_demo_writes_grid_plot_and_images(demo_run):
     code, out, stdout, _ = demo_run
     assert code == 0
@@ -152,6 +153,7 @@ def test_demo_writes_grid_plot_and_images(demo_run):
     assert np.array_equal(cell, np.asarray(png(out / "stock-64x64.png")))
 
 
+@pytest.mark.xdist_group("demo")
 def test_demo_entropy_csv_and_printed_tables(demo_run, tiny_sd):
     _, out, stdout, _ = demo_run
     rows = read_csv(out / "entropy.csv")
@@ -179,6 +181,7 @@ def test_demo_entropy_csv_and_printed_tables(demo_run, tiny_sd):
     assert len(timing_lines) == 4 and all(float(line.split()[2]) > 0 for line in timing_lines)
 
 
+@pytest.mark.xdist_group("demo")
 def test_demo_says_where_it_writes_and_shows_progress(demo_run):
     _, out, stdout, stderr = demo_run
     assert stdout.splitlines()[0] == f"writing to {out.resolve()}/"
@@ -377,6 +380,7 @@ def test_missing_local_model_message(command, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1  # one paragraph
 
 
+@pytest.mark.slow  # a fresh interpreter, offline Hub look-up
 def test_missing_hub_model_in_a_subprocess_has_no_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     out = subprocess.run(
@@ -712,6 +716,7 @@ def test_known_library_lines_are_dropped_only_inside_our_calls():
     ]
 
 
+@pytest.mark.slow  # a fresh interpreter: the library lines are printed once per process
 def test_tiny_models_and_built_pipelines_run_quietly(tmp_path):
     script = f"""
 import torch

@@ -20,7 +20,11 @@ import pytest
 
 triton = pytest.importorskip("triton")
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing")
+pytestmark = [
+    pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing"),
+    pytest.mark.slow,  # compiles every variant with ptxas: minutes of CPU
+    pytest.mark.xdist_group("aot-compile"),  # one worker runs the module fixture once
+]
 
 # Usable shared memory per block: A100 163 KiB, H100 227 KiB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
