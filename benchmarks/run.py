@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     python benchmarks/run.py            # everything this machine can run (GPU suites need CUDA)
     python benchmarks/run.py --cpu      # only the cheap CPU suite (marker cpu_bench)
+    python benchmarks/run.py --smoke --budget 0.05 --output /tmp/smoke.json  # CI: scripts run
     python benchmarks/run.py --gpu      # only the CUDA suites (marker gpu_bench)
     python benchmarks/run.py --gpu --kernel   # CUDA kernel benchmarks, no UNet
     python benchmarks/run.py --gpu --unet     # CUDA UNet-step benchmarks only
@@ -32,6 +33,11 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks.environment import device_slug  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+# --smoke: the smallest case of every CPU benchmark function (each implementation and mode), so
+# that CI proves run.py, the benchmark tests and report.py run, at a fraction of the CPU suite.
+SMOKE_SELECTION = (
+    "b2h20q49k49d64 or test_triton_interpreter or latent16 or test_tiny_generation_cpu"
+)
 SUITES = {
     "kernel": ["benchmarks/test_bench_kernel.py", "benchmarks/test_bench_kernel_cpu.py"],
     "unet": ["benchmarks/test_bench_unet.py", "benchmarks/test_bench_unet_cpu.py"],
@@ -73,7 +79,13 @@ def pytest_command(args: argparse.Namespace, json_path: Path) -> list[str]:
         "-p",
         "no:cacheprovider",
         "-q",
+        # One process: pyproject's addopts run tests under pytest-xdist (-n auto), which
+        # pytest-benchmark answers by disabling every benchmark.
+        "-n",
+        "0",
     ]
+    if args.smoke:
+        command += ["-k", SMOKE_SELECTION]
     if args.budget is not None:
         command.append(f"--bench-budget={args.budget}")
     return command + list(args.pytest_args)
@@ -84,6 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--cpu", action="store_true", help="only the CPU suite (cpu_bench)")
     where.add_argument("--gpu", action="store_true", help="only the CUDA suites (gpu_bench)")
+    where.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest case of every CPU benchmark (implies the CPU suite; for CI)",
+    )
     parser.add_argument("--kernel", action="store_true", help="only the attention benchmarks")
     parser.add_argument("--unet", action="store_true", help="only the UNet-step benchmarks")
     parser.add_argument(
@@ -98,7 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="result file to write")
     parser.add_argument("--no-report", action="store_true", help="do not run report.py after")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.cpu = args.cpu or args.smoke
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

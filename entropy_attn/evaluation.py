@@ -574,7 +574,7 @@ def compute_metrics(
             bar = _progress(
                 range(len(paths)),
                 desc=f"metrics {method} {format_size(size)}",
-                disable=not progress,
+                disable=not progress or (fid is None and clip is None),  # no metric, no bar
             )
             for indices in _batches(list(range(len(paths))), batch_size):
                 if fid is not None:

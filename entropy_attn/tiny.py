@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ._quiet import quiet_library_logs
+
 TEXT_TOKENS = 77
 _TINY_UNET = dict(
     sample_size=16,
@@ -148,6 +150,7 @@ def _scheduler():
     )
 
 
+@quiet_library_logs()
 def tiny_sd_pipeline(seed: int = 0):
     """A ``StableDiffusionPipeline`` at toy width: latent 16x16 at its 128 px training size.
 
@@ -177,6 +180,7 @@ def tiny_sd_pipeline(seed: int = 0):
     return pipe
 
 
+@quiet_library_logs()
 def tiny_ldm_pipeline(seed: int = 0):
     """An ``LDMTextToImagePipeline`` at toy width: LDMBert text encoder, latent 16x16 at 128 px."""
     from diffusers import AutoencoderKL, LDMTextToImagePipeline, UNet2DConditionModel
@@ -208,6 +212,7 @@ def tiny_ldm_pipeline(seed: int = 0):
     return pipe
 
 
+@quiet_library_logs()
 def tiny_sdxl_pipeline(seed: int = 0):
     """A ``StableDiffusionXLPipeline`` at toy width: two CLIP text encoders, size conditioning,
     and, as in SDXL, no attention at the top level: self-attention only at the 8x8 level of its
@@ -279,6 +284,7 @@ def _tiny_t5(vocab_size: int):
     return T5EncoderModel(config).eval()
 
 
+@quiet_library_logs()
 def tiny_sd3_pipeline(seed: int = 0):
     """A ``StableDiffusion3Pipeline`` at toy width: joint attention over image and text tokens
     (latent 16x16 at 128 px, patch 2: 64 image tokens; 77 CLIP tokens + ``max_sequence_length``
@@ -316,6 +322,7 @@ def tiny_sd3_pipeline(seed: int = 0):
     return pipe
 
 
+@quiet_library_logs()
 def tiny_flux_pipeline(seed: int = 0):
     """A ``FluxPipeline`` at toy width: one double- and one single-stream block with rotary
     embeddings; 2x2-packed latent tokens plus ``max_sequence_length`` T5 tokens."""
@@ -347,6 +354,7 @@ def tiny_flux_pipeline(seed: int = 0):
     return pipe
 
 
+@quiet_library_logs()
 def tiny_pixart_pipeline(seed: int = 0):
     """A ``PixArtAlphaPipeline`` at toy width: self-attention over 8x8 patches of its 16x16
     training latent (128 px) and cross-attention to T5 tokens."""
@@ -369,6 +377,7 @@ def tiny_pixart_pipeline(seed: int = 0):
     return pipe
 
 
+@quiet_library_logs()
 def tiny_pixart_sigma_pipeline(seed: int = 0):
     """A ``PixArtSigmaPipeline`` with the components of :func:`tiny_pixart_pipeline`."""
     from diffusers import PixArtSigmaPipeline

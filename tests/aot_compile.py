@@ -26,9 +26,10 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from entropy_attn.kernels import attention_fwd as fwd  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+
+from entropy_attn.kernels import attention_fwd as fwd  # noqa: E402
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -2,6 +2,11 @@
 
 ``TRITON_INTERPRET`` must be set before any ``@triton.jit`` function is defined, i.e. before
 ``entropy_attn.kernels`` is first imported; conftest runs before the test modules are imported.
+Under pytest-xdist (``-n auto`` in pyproject's addopts) every worker is a process that imports
+this file first, so the same holds there.
+
+Tests marked ``slow`` are deselected by the default run (pyproject's addopts); ``python -m pytest
+-m slow`` runs them, and ``.ci/run`` runs both.
 """
 
 import os
@@ -15,6 +20,18 @@ import pytest  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
+# xdist workers share the cores: one torch thread pool per core in every worker would
+# oversubscribe them (each worker would start os.cpu_count() threads).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core (xdist's rule) without CUDA; two on a CUDA machine, whose
+    tests share one GPU and mostly wait for kernel compiles."""
+    return 2 if torch.cuda.is_available() else None
+
 
 @pytest.fixture
 def device() -> str:
@@ -24,3 +41,27 @@ def device() -> str:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(20230614)
+
+
+# Tiny pipelines built once per session (per xdist worker). Shared: tests that only read them
+# (layer tables, training sizes, reference images) use these; a test that enables, casts or
+# otherwise changes a pipeline builds its own (``tiny_sd_pipeline()`` takes a fraction of a
+# second once diffusers is imported).
+
+
+@pytest.fixture(scope="session")
+def tiny_sd():
+    """``entropy_attn.tiny.tiny_sd_pipeline()`` (seed 0), shared by the session: do not modify."""
+    pytest.importorskip("diffusers")
+    from entropy_attn.tiny import tiny_sd_pipeline
+
+    return tiny_sd_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm():
+    """``entropy_attn.tiny.tiny_ldm_pipeline()`` (seed 0), shared by the session: do not modify."""
+    pytest.importorskip("diffusers")
+    from entropy_attn.tiny import tiny_ldm_pipeline
+
+    return tiny_ldm_pipeline()

@@ -102,6 +102,7 @@ def kernel_log_scale():
 
 
 @pytest.mark.interpreter
+@pytest.mark.xdist_group("gaussian-curves")  # one worker computes the module fixtures once
 def test_kernel_entropy_grows_like_log_n(kernel_stock):
     """Stock scale: the kernel's mean entropy rises with slope 1 in ln N (Eq. 5, sigma^2 fixed).
 
@@ -124,6 +125,7 @@ def test_kernel_entropy_grows_like_log_n(kernel_stock):
 
 
 @pytest.mark.interpreter
+@pytest.mark.xdist_group("gaussian-curves")
 def test_kernel_log_scale_lowers_the_slope_as_eq5_predicts(kernel_stock, kernel_log_scale):
     """``log_scale(N, T=256, d)``: sigma^2 = ln N / ln T grows with ln N, slope 1 - 1/(2 ln T).
 

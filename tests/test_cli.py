@@ -3,8 +3,11 @@ checking the files it writes and the numbers it prints against the library's own
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import io
+import logging
 import math
 import os
 import subprocess
@@ -18,6 +21,8 @@ from PIL import Image
 
 import entropy_attn
 from entropy_attn import analysis, cli, configs
+from entropy_attn._quiet import quiet_library_logs
+from entropy_attn.cli import bench, common, models, output
 from entropy_attn.tiny import tiny_sd_pipeline
 
 pytest.importorskip("diffusers")
@@ -43,12 +48,47 @@ def png(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
+def help_text(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    return tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+
+
+DEFAULT_OUT = {
+    "demo": "entropy-attn-demo",
+    "generate": "entropy-attn-out",
+    "entropy": "entropy-attn-entropy",
+    "eval": "entropy-attn-eval",
+}
+
+
 @pytest.mark.parametrize("command", ["demo", "generate", "layers", "entropy", "eval", "bench"])
 def test_help_of_every_command(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main([command, "--help"])
-    assert exit_info.value.code == 0
-    assert f"usage: entropy-attn {command}" in capsys.readouterr().out
+    text = help_text([command], capsys)
+    assert f"usage: entropy-attn {command}" in text
+    if command in DEFAULT_OUT:  # where it writes, before anyone runs it
+        assert f"output folder (default: ./{DEFAULT_OUT[command]})" in text
+    if command != "bench":  # every name --model accepts is listed
+        assert all(name in text.replace("- ", "-") for name in models.MODELS)
+
+
+def test_help_states_the_size_order(capsys):
+    text = help_text([], capsys)
+    assert "Sizes are WIDTHxHEIGHT in pixels (the Python API takes (height, width))" in text
+    assert "WIDTHxHEIGHT or S (square) in pixels" in help_text(["generate"], capsys)
+
+
+def test_layers_help_lists_every_shipped_model(capsys):
+    text = help_text(["layers"], capsys).replace("- ", "-")  # argparse breaks at hyphens
+    assert len(configs.ARCHITECTURES) == 8
+    assert all(name in text for name in configs.ARCHITECTURES)
+    assert all(name in text for name in ("tiny-sd", "tiny-ldm"))
 
 
 def test_module_runs_as_script_and_console_entry_point():
@@ -56,8 +96,22 @@ def test_module_runs_as_script_and_console_entry_point():
         [sys.executable, "-m", "entropy_attn.cli", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "usage: entropy-attn" in out.stdout
-    text = (Path(__file__).parent.parent / "pyproject.toml").read_text()
-    assert 'entropy-attn = "entropy_attn.cli:main"' in text
+    project = pyproject()
+    assert project["project"]["scripts"]["entropy-attn"] == "entropy_attn.cli:main"
+    assert "entropy_attn.cli" in project["tool"]["setuptools"]["packages"]
+    # One module per command, each with add_parser and run.
+    for command in cli.COMMANDS:
+        assert callable(command.add_parser) and callable(command.run)
+    assert [c.__name__.rsplit(".", 1)[1] for c in cli.COMMANDS] == [
+        "demo", "generate", "layers", "entropy", "eval", "bench"
+    ]  # fmt: skip
+
+
+def test_pandas_comes_with_the_recording_extra():
+    """``handle.entropy_dataframe()`` needs pandas: the diffusers extra (recording) installs it."""
+    project = pyproject()
+    extra = project["project"]["optional-dependencies"]["diffusers"]
+    assert any(requirement.startswith("pandas") for requirement in extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,20 +121,19 @@ def test_module_runs_as_script_and_console_entry_point():
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    stdout = io.StringIO()
-    from contextlib import redirect_stdout
-
-    with redirect_stdout(stdout):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = cli.main(["demo", "--out", str(out), "--steps", "2"])
-    return code, out, stdout.getvalue()
+    return code, out, stdout.getvalue(), stderr.getvalue()
 
 
+@pytest.mark.xdist_group("demo")  # the three demo tests share one demo run
 def test_demo_writes_grid_plot_and_images(demo_run):
-    code, out, stdout = demo_run
+    code, out, stdout, _ = demo_run
     assert code == 0
     sizes = [64, 128, 192]  # half, training (128 px) and 1.5x for tiny-sd
     grid = png(out / "grid.png")
-    assert grid.size == cli.grid_size(sizes, [192, 192])
+    assert grid.size == output.grid_size(sizes, [192, 192])
     assert grid.size == (120 + 384 + 4 * 8, 24 + 384 + 3 * 8)
     assert png(out / "entropy.png").size == (720, 640)
     for method in ("stock", "entropy-attn"):
@@ -94,14 +147,15 @@ def test_demo_writes_grid_plot_and_images(demo_run):
         b = np.asarray(png(out / f"entropy-attn-{size}x{size}.png"), dtype=int)
         assert np.abs(a - b).max() > 0
     # The grid holds the very images: the stock 64 px image sits centred in its cell.
-    x0 = cli.GRID_LABEL_WIDTH + cli.GRID_PAD  # column 0 is 64 px wide
-    y0 = cli.GRID_HEADER_HEIGHT + cli.GRID_PAD + (192 - 64) // 2  # row 0 is 192 px tall
+    x0 = output.GRID_LABEL_WIDTH + output.GRID_PAD  # column 0 is 64 px wide
+    y0 = output.GRID_HEADER_HEIGHT + output.GRID_PAD + (192 - 64) // 2  # row 0 is 192 px tall
     cell = np.asarray(grid)[y0 : y0 + 64, x0 : x0 + 64]
     assert np.array_equal(cell, np.asarray(png(out / "stock-64x64.png")))
 
 
-def test_demo_entropy_csv_and_printed_tables(demo_run):
-    _, out, stdout = demo_run
+@pytest.mark.xdist_group("demo")
+def test_demo_entropy_csv_and_printed_tables(demo_run, tiny_sd):
+    _, out, stdout, _ = demo_run
     rows = read_csv(out / "entropy.csv")
     assert len(rows) == 3 * 2 * TINY_LAYERS
     selfs = [r for r in rows if r["kind"] == "self"]
@@ -118,13 +172,28 @@ def test_demo_entropy_csv_and_printed_tables(demo_run):
         else:
             assert ours < stock
     # Printed layer table: one row per attention layer with N and lambda at each size.
-    table = entropy_attn.layer_table(tiny_sd_pipeline(), 192)
+    table = entropy_attn.layer_table(tiny_sd, 192)
     for info in table:
         line = next(line for line in stdout.splitlines() if line.startswith(info.name + " "))
         assert line.split()[-2:] == [str(info.n_tokens), f"{info.scale:.6f}"]
     assert "seconds" in stdout and "mean self-attn entropy" in stdout
     timing_lines = [line for line in stdout.splitlines() if line.startswith(("64x64", "192x192"))]
     assert len(timing_lines) == 4 and all(float(line.split()[2]) > 0 for line in timing_lines)
+
+
+@pytest.mark.xdist_group("demo")
+def test_demo_says_where_it_writes_and_shows_progress(demo_run):
+    _, out, stdout, stderr = demo_run
+    assert stdout.splitlines()[0] == f"writing to {out.resolve()}/"
+    # One progress bar per generation (diffusers' own, labelled), each to its last step.
+    for size in ("64x64", "128x128", "192x192"):
+        for method in ("stock", "entropy-attn"):
+            line = next(
+                chunk
+                for chunk in stderr.replace("\r", "\n").splitlines()
+                if chunk.startswith(f"{method} {size}:") and "100%" in chunk
+            )
+            assert "2/2" in line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +211,7 @@ def test_layers_csv_equals_layer_table(name, size, capsys):
     width, height = (int(v) for v in (size.split("x") if "x" in size else (size, size)))
     unet = configs.build_denoiser(name, device="meta")
     table = entropy_attn.layer_table(unet, (height, width))
-    assert list(rows[0]) == list(cli.LAYER_COLUMNS)
+    assert list(rows[0]) == list(output.LAYER_COLUMNS)
     assert len(rows) == len(table)
     for row, info in zip(rows, table, strict=True):
         assert row["name"] == info.name and row["kind"] == info.kind
@@ -156,7 +225,7 @@ def test_layers_text_and_markdown(capsys):
     code, text, _ = run(["layers", "--model", "sd21-base", "--size", "224"], capsys)
     assert code == 0
     lines = text.splitlines()
-    assert lines[0].split() == list(cli.LAYER_COLUMNS)
+    assert lines[0].split() == list(output.LAYER_COLUMNS)
     table = entropy_attn.layer_table(configs.build_denoiser("sd21-base", device="meta"), 224)
     assert len(lines) == 2 + len(table) == 2 + 32
     first = lines[2].split()
@@ -170,7 +239,7 @@ def test_layers_text_and_markdown(capsys):
     )
     assert code == 0
     md_lines = md.splitlines()
-    assert md_lines[0] == "| " + " | ".join(cli.LAYER_COLUMNS) + " |"
+    assert md_lines[0] == "| " + " | ".join(output.LAYER_COLUMNS) + " |"
     body = md_lines[2:]
     assert len(body) == len(
         entropy_attn.layer_table(configs.build_denoiser("ldm-256", device="meta"), 256)
@@ -178,14 +247,14 @@ def test_layers_text_and_markdown(capsys):
     assert all(line.endswith("| no |") for line in body)  # training size: nothing changes
 
 
-def test_layers_of_a_pipeline_folder_reads_configs_only(tmp_path, capsys):
-    pipe = tiny_sd_pipeline()
+def test_layers_of_a_pipeline_folder_reads_configs_only(tmp_path, capsys, tiny_sd):
+    pipe = tiny_sd
     pipe.save_pretrained(tmp_path / "tiny")
     code, out, _ = run(
         ["layers", "--model", tmp_path / "tiny", "--size", "96x64", "--format", "csv"], capsys
     )
     assert code == 0
-    expected = cli.layer_rows(entropy_attn.layer_table(pipe, (64, 96)))
+    expected = output.layer_rows(entropy_attn.layer_table(pipe, (64, 96)))
     got = read_csv(out)
     assert [(r["name"], int(r["N"]), int(r["T"]), float(r["lambda"])) for r in got] == [
         (r["name"], r["N"], r["T"], r["lambda"]) for r in expected
@@ -226,7 +295,8 @@ def test_cuda_device_without_cuda(capsys):
 
 
 def test_generate_compare(tmp_path, capsys):
-    code, out, _ = run(
+    """--size is WIDTHxHEIGHT: 96x64 gives images 96 wide and 64 high."""
+    code, out, err = run(
         [
             "generate",
             "--model",
@@ -249,12 +319,18 @@ def test_generate_compare(tmp_path, capsys):
     ours = png(Path(f"{stem}-entropy-attn.png"))
     assert stock.size == ours.size == (96, 64)
     assert np.abs(np.asarray(stock, dtype=int) - np.asarray(ours, dtype=int)).max() > 0
-    assert png(Path(f"{stem}-compare.png")).size == cli.grid_size([96], [64, 64])
+    assert png(Path(f"{stem}-compare.png")).size == output.grid_size([96], [64, 64])
     assert "entropy-attn:" in out and "side by side:" in out
+    assert out.splitlines()[0] == f"writing to {tmp_path.resolve()}/"
+    for method in ("stock", "entropy-attn"):  # a labelled progress bar per generation
+        assert any(
+            line.startswith(f"{method} 96x64:") and "2/2" in line
+            for line in err.replace("\r", "\n").splitlines()
+        )
 
 
-def test_generate_from_a_local_pipeline_folder(tmp_path, capsys):
-    tiny_sd_pipeline().save_pretrained(tmp_path / "model")
+def test_generate_from_a_local_pipeline_folder(tmp_path, capsys, tiny_sd):
+    tiny_sd.save_pretrained(tmp_path / "model")
     code, out, _ = run(
         [
             "generate",
@@ -304,6 +380,7 @@ def test_missing_local_model_message(command, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1  # one paragraph
 
 
+@pytest.mark.slow  # a fresh interpreter, offline Hub look-up
 def test_missing_hub_model_in_a_subprocess_has_no_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     out = subprocess.run(
@@ -332,7 +409,7 @@ def test_missing_hub_model_in_a_subprocess_has_no_traceback(tmp_path):
 
 
 def test_entropy_command_csv_fits_and_figures(tmp_path, capsys):
-    code, out, _ = run(
+    code, out, err = run(
         [
             "entropy",
             "--model",
@@ -350,7 +427,7 @@ def test_entropy_command_csv_fits_and_figures(tmp_path, capsys):
     )
     assert code == 0
     rows = read_csv(tmp_path / "entropy.csv")
-    assert list(rows[0]) == list(cli._ENTROPY_COLUMNS)
+    assert list(rows[0]) == list(output.ENTROPY_COLUMNS)
     assert len(rows) == 3 * 2 * TINY_LAYERS
     assert {(r["method"], r["height"]) for r in rows} == {
         (m, s) for m in ("stock", "entropy-attn") for s in ("64", "128", "192")
@@ -384,6 +461,9 @@ def test_entropy_command_csv_fits_and_figures(tmp_path, capsys):
         assert float(fit["intercept"]) == pytest.approx(intercept, abs=1e-9)
         assert int(fit["points"]) == 3
         assert f"{float(fit['slope']):.6f}" in out  # printed
+    assert out.splitlines()[0] == f"writing to {tmp_path.resolve()}/"
+    bars = err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("entropy: 100%") and "6/6" in line for line in bars)  # 3 x 2
     assert png(tmp_path / "fig5_entropy_vs_log_n.png").size == (640, 440)
     assert png(tmp_path / "fig6_layer_entropy.png").size == (720, 640)
 
@@ -393,7 +473,7 @@ def test_entropy_command_csv_fits_and_figures(tmp_path, capsys):
 
 
 def test_bench_forwards_arguments_to_run_py(capfd):
-    if not cli.benchmarks_runner().is_file():
+    if not bench.benchmarks_runner().is_file():
         pytest.skip("benchmarks/run.py is not in this checkout")
     code = cli.main(["bench", "--", "--help"])
     out = capfd.readouterr().out
@@ -402,15 +482,258 @@ def test_bench_forwards_arguments_to_run_py(capfd):
     assert "usage: run.py" in out  # run.py's own help: the argument reached it
 
 
+def test_bench_smoke_selection_is_a_cpu_subset():
+    if not bench.benchmarks_runner().is_file():
+        pytest.skip("benchmarks/run.py is not in this checkout")
+    from benchmarks import run as runner
+
+    command = runner.pytest_command(runner.parse_args(["--smoke"]), Path("x.json"))
+    assert command[command.index("-m", 2) + 1] == "cpu_bench"  # after `python -m pytest`
+    assert command[command.index("-n") + 1] == "0"  # pytest-benchmark is off under xdist
+    assert command[command.index("-k") + 1] == runner.SMOKE_SELECTION
+    plain = runner.pytest_command(runner.parse_args(["--cpu"]), Path("x.json"))
+    assert "-k" not in plain
+
+
 def test_bench_without_the_repository(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "benchmarks_runner", lambda: tmp_path / "benchmarks" / "run.py")
+    monkeypatch.setattr(bench, "benchmarks_runner", lambda: tmp_path / "benchmarks" / "run.py")
     code, _, err = run(["bench", "--cpu"], capsys)
     assert code == 2
     assert "benchmarks/ folder" in err and "Clone the repository" in err
 
 
-def test_analysis_training_size_of_tiny_pipeline():
-    assert analysis.training_size(tiny_sd_pipeline()) == (128, 128)
-    assert cli.sizes_around((128, 128)) == [(64, 64), (128, 128), (192, 192)]
-    assert cli.sizes_around((512, 512)) == [(256, 256), (512, 512), (768, 768)]
-    assert cli.sizes_around((1024, 1024)) == [(512, 512), (1024, 1024), (1536, 1536)]
+def test_analysis_training_size_of_tiny_pipeline(tiny_sd):
+    assert analysis.training_size(tiny_sd) == (128, 128)
+    assert common.sizes_around((128, 128)) == [(64, 64), (128, 128), (192, 192)]
+    assert common.sizes_around((512, 512)) == [(256, 256), (512, 512), (768, 768)]
+    assert common.sizes_around((1024, 1024)) == [(512, 512), (1024, 1024), (1536, 1536)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mistakes caught before they cost: missing libraries, typos, sizes, cheap checks first
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any model load or Hub look-up fails the test (the CLI must refuse before it)."""
+    import diffusers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command tried to load a model")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", refuse)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", refuse)
+    for name, entry in list(models.MODELS.items()):
+        if entry.builtin:
+            monkeypatch.setitem(models.MODELS, name, dataclasses.replace(entry, build=refuse))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo"],
+        ["layers", "--model", "sd21-base", "--size", "512"],
+        ["generate", "--model", "tiny-sd", "--prompt", "x", "--size", "64"],
+    ],  # fmt: skip
+    ids=["demo", "layers", "generate"],
+)
+def test_missing_diffusers_extra_prints_the_install_line(argv, monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as after `pip install entropy-attn`
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert 'needs diffusers, which is not installed: pip install "entropy-attn[diffusers]"' in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_extra_comes_after_the_cheap_argument_checks(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    code, _, err = run(["generate", "--model", "tiny-sd", "--prompt", "x", "--size", "60"], capsys)
+    assert code == 2 and "multiples of 8" in err and "pip install" not in err
+
+
+@pytest.mark.parametrize("command", ["demo", "generate", "layers", "entropy", "eval"])
+def test_model_name_typo_suggests_the_closest_name(command, no_loading, tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    extra = {
+        "generate": ["--prompt", "x", "--size", "64"],
+        "layers": ["--size", "64"],
+        "eval": ["--prompts", tmp_path / "prompts.txt", "--sizes", "64", "--metrics"],
+    }.get(command, [])
+    code, _, err = run([command, "--model", "tiny-sdd", *extra, "--out", tmp_path / "o"], capsys)
+    assert code == 2
+    assert "--model 'tiny-sdd': did you mean tiny-sd?" in err
+    assert "Known names: " + ", ".join(models.MODELS) + "." in err
+    assert "Could not load" not in err and "Traceback" not in err  # nothing was looked up
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_name_far_from_every_name_lists_them(no_loading, capsys):
+    code, _, err = run(["layers", "--model", "qwertyuiop", "--size", "64"], capsys)
+    assert code == 2 and "did you mean" not in err and "Known names: tiny-sd, " in err
+
+
+def test_a_registered_name_works_in_every_listing(monkeypatch, capsys):
+    """The registry is the one place to add a model name: help, checks and loading follow it."""
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register(
+        models.ModelName("my-tiny", "a test model", build=tiny_sd_pipeline, vae_scale_factor=8)
+    )
+    assert "my-tiny" in help_text(["layers"], capsys)
+    assert "my-tiny" in help_text(["generate"], capsys)
+    code, mine, _ = run(
+        ["layers", "--model", "my-tiny", "--size", "96x64", "--format", "csv"], capsys
+    )
+    assert code == 0
+    assert (
+        run(["layers", "--model", "tiny-sd", "--size", "96x64", "--format", "csv"], capsys)[1]
+        == mine
+    )
+    code, _, err = run(["layers", "--model", "my-tiy", "--size", "64"], capsys)
+    assert code == 2 and "did you mean my-tiny?" in err
+    assert models.default_steps("my-tiny", None) == models.REAL_STEPS
+    with pytest.raises(ValueError, match="registered already"):
+        models.register(models.ModelName("my-tiny", "again", build=tiny_sd_pipeline))
+    with pytest.raises(ValueError, match="exactly one of build= or hub_id="):
+        models.register(models.ModelName("both", "x", build=tiny_sd_pipeline, hub_id="a/b"))
+
+
+def test_activation_floor_is_the_full_resolution_vae_level():
+    # 2 live tensors x height x width x channels x bytes per element
+    assert common.activation_floor_bytes((512, 768), 128, torch.float16) == 2 * 512 * 768 * 128 * 2
+    assert common.activation_floor_bytes((20000, 20000), 16, torch.float32) == 51_200_000_000
+    free = common.available_memory(torch.device("cpu"))
+    assert free is None or free > 0
+
+
+def test_size_beyond_memory_is_refused_before_running(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(common, "available_memory", lambda device: 8 * 10**9)
+    out = tmp_path / "o"
+    argv = ["generate", "--model", "tiny-sd", "--prompt", "x", "--size", "20000x20000"]
+    code, _, err = run([*argv, "--out", out], capsys)
+    assert code == 2
+    assert "--size 20000x20000: the VAE decoder alone needs at least 51.2 GB" in err
+    assert "16 channels" in err and "8.0 GB free on cpu" in err and "--force" in err
+    assert not out.exists()
+
+
+def test_size_beyond_memory_of_a_shipped_model_is_refused_before_loading(
+    monkeypatch, no_loading, tmp_path, capsys
+):
+    monkeypatch.setattr(common, "available_memory", lambda device: 8 * 10**9)
+    argv = ["generate", "--model", "sd21-base", "--prompt", "x", "--size", "4096x4096"]
+    code, _, err = run([*argv, "--out", tmp_path / "o"], capsys)
+    assert code == 2  # SD's VAE: 128 channels at full resolution, from the shipped vae.json
+    assert f"needs at least {2 * 4096 * 4096 * 128 * 4 / 1e9:.1f} GB" in err
+    assert "Could not load" not in err
+
+
+def test_force_runs_a_size_the_estimate_refuses(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(common, "available_memory", lambda device: 1000)  # bytes
+    argv = ["generate", "--model", "tiny-sd", "--prompt", "x", "--size", "64", "--steps", "1"]
+    code, _, err = run([*argv, "--out", tmp_path], capsys)
+    assert code == 2 and "--force" in err
+    code, _, _ = run([*argv, "--out", tmp_path, "--force"], capsys)
+    assert code == 0
+    assert png(tmp_path / "x-64x64-seed0-entropy-attn.png").size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "argv,pattern",
+    [
+        (["generate", "--model", "tiny-sd", "--prompt", "x", "--size", "60"], "multiples of 8"),
+        (["entropy", "--model", "tiny-sd", "--sizes", "64", "100"], "--sizes 100x100"),
+        (["demo", "--steps", "0"], "--steps must be >= 1"),
+        (["generate", "--model", "sd21-base", "--prompt", "x", "--size", "500"], "multiples of 8"),
+        (
+            ["eval", "--model", "tiny-sd", "--prompts", "missing.txt", "--sizes", "64"],
+            "prompts file 'missing.txt' does not exist",
+        ),
+        (
+            [
+                "eval",
+                "--model",
+                "tiny-sd",
+                "--prompts",
+                "missing.txt",
+                "--sizes",
+                "64",
+                "--metrics",
+            ],
+            "prompts file 'missing.txt' does not exist",
+        ),
+    ],  # fmt: skip
+)
+def test_cheap_checks_come_before_loading_and_optional_libraries(
+    argv, pattern, no_loading, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)  # the eval extra is not installed
+    code, _, err = run(argv, capsys)
+    assert code == 2 and pattern in err
+    assert "entropy-attn[eval]" not in err and "tried to load" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_eval_without_metrics_shows_generation_progress_only(tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    argv = ["eval", "--model", "tiny-sd", "--prompts", tmp_path / "prompts.txt", "--sizes", "64",
+            "--metrics", "--steps", "1", "--out", tmp_path / "run"]  # fmt: skip
+    code, out, err = run(argv, capsys)
+    assert code == 0
+    assert out.splitlines()[0] == f"writing to {(tmp_path / 'run').resolve()}/"
+    bars = err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("stock 64x64: 100%") for line in bars)
+    assert any(line.startswith("entropy-attn 64x64: 100%") for line in bars)
+    assert "metrics" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise: our own calls do not print library chatter; the user's own warnings still show
+
+
+def test_known_library_lines_are_dropped_only_inside_our_calls():
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    noise = "There are modules in UNet2DConditionModel that should be kept in float32: []. ..."
+    try:
+        with quiet_library_logs():
+            logger.warning(noise)
+            logger.warning("There are modules in UNet2DConditionModel that should be kept in "
+                           "float32: ['norm']")  # fmt: skip  # a real list: not ours to hide
+            logger.warning("something else")
+        logger.warning(noise)  # outside our call: shown
+    finally:
+        logger.removeHandler(handler)
+    assert seen == [
+        "There are modules in UNet2DConditionModel that should be kept in float32: ['norm']",
+        "something else",
+        noise,
+    ]
+
+
+@pytest.mark.slow  # a fresh interpreter: the library lines are printed once per process
+def test_tiny_models_and_built_pipelines_run_quietly(tmp_path):
+    script = f"""
+import torch
+from entropy_attn import configs
+from entropy_attn.cli import main
+from entropy_attn.tiny import tiny_sd_pipeline
+tiny_sd_pipeline()
+assert main(["generate", "--model", "tiny-ldm", "--prompt", "a cat", "--size", "64",
+             "--steps", "1", "--out", {str(tmp_path)!r}]) == 0
+configs.build_pipeline("sd15", device="meta", dtype=torch.float16)
+configs.build_denoiser("sd15", device="meta").to(torch.float16)  # the user's own cast
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "requires torchvision" not in result.stderr
+    assert "use_return_dict" not in result.stderr
+    # build_pipeline's casts are quiet; the user's own cast still gets diffusers' warning.
+    assert result.stderr.count("should be kept in float32") == 1, result.stderr

@@ -297,6 +297,7 @@ def test_accelerate_state_is_used_when_available():
     assert os.environ.get("WORLD_SIZE", "1") == "1"
 
 
+@pytest.mark.slow  # two processes that each import torch, diffusers and accelerate
 def test_two_processes_under_torchrun_share_the_prompts(tmp_path, prompts_file):
     """A real 2-process run (gloo on CPU): each process generates its half, one table is written."""
     pytest.importorskip("accelerate")

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from entropy_attn.kernels import attention_fwd as fwd
 from helpers import DEVICE, assert_close
 
 import entropy_attn
+from entropy_attn.kernels import attention_fwd as fwd
 from entropy_attn.reference import attention_entropy
 
 

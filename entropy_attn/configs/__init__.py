@@ -12,6 +12,8 @@ import json
 from importlib import resources
 from typing import Any
 
+from .._quiet import quiet_library_logs
+
 # name -> (denoiser file, denoiser class name in diffusers, VAE downsampling factor)
 ARCHITECTURES: dict[str, tuple[str, str, int]] = {
     "sd21-base": ("unet.json", "UNet2DConditionModel", 8),
@@ -62,6 +64,7 @@ def vae_scale_factor(name: str) -> int:
     return ARCHITECTURES[name][2]
 
 
+@quiet_library_logs()
 def build_denoiser(name: str, *, device=None, dtype=None):
     """The architecture's denoiser with random weights (``device="meta"`` allocates nothing)."""
     import diffusers
@@ -82,6 +85,7 @@ build_unet = build_denoiser
 PIPELINES = ("sd21-base", "sd15", "ldm-256")
 
 
+@quiet_library_logs()
 def build_pipeline(name: str, *, device=None, dtype=None, seed: int = 0):
     """The architecture's whole text-to-image pipeline with random weights, for speed measurements.
 

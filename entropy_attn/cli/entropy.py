@@ -1,0 +1,206 @@
+"""``entropy-attn entropy``: the paper's Figs. 5-6 from recorded attention entropy, plus CSVs."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from .. import analysis, configs, evaluation
+from .._quiet import quiet_library_logs
+from ..evaluation import METHODS, format_size
+from .common import (
+    DEFAULT_PROMPT,
+    DIFFUSERS_MODULES,
+    PLOT_MODULES,
+    CLIError,
+    add_runtime_options,
+    announce_out,
+    check_multiple,
+    check_out,
+    check_steps,
+    make_out,
+    parse_sizes,
+    progress,
+    require,
+    resolve_device,
+    resolve_dtype,
+    show_progress,
+    sizes_for_entropy,
+)
+from .models import (
+    check_model_name,
+    check_sizes,
+    default_steps,
+    load_pipeline,
+    model_dtype,
+    model_help,
+)
+from .output import ENTROPY_COLUMNS, format_table, write_csv
+
+DEFAULT_OUT = "entropy-attn-entropy"
+FIT_COLUMNS = ("method", "train_tokens", "points", "slope", "intercept", "rms")
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "entropy",
+        help="paper Figs. 5-6: attention entropy vs ln N, per layer, stock vs entropy-attn",
+        description=(
+            "Record mean self-attention entropy per layer at each size, stock and entropy-attn. "
+            "Writes entropy.csv (one row per method, size and layer), fits.csv and "
+            "fig5_entropy_vs_log_n.png (level-mean entropy vs ln N with least-squares lines and "
+            "slopes, paper Fig. 5) and fig6_layer_entropy.png (per-layer entropy at the smallest "
+            "and largest size, paper Fig. 6)."
+        ),
+    )
+    parser.add_argument("--model", required=True, help=model_help())
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=None,
+        help="sizes (WIDTHxHEIGHT or S), e.g. 224 384 448 512 768 (default: 0.5x..1.5x train)",
+    )
+    parser.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps per prompt (default: built in 2, real 10; random weights 1)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="shipped architecture with random weights, bare UNet on Gaussian inputs",
+    )
+    add_runtime_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _load(args, spec: str, device: torch.device, dtype: torch.dtype, prompts):
+    """``(model, vae factor, steps, prompts)`` for the run."""
+    if args.random_weights:
+        # float32 is what the configs build; passing it would only cast.
+        model = configs.build_denoiser(
+            spec, device=device, dtype=None if dtype == torch.float32 else dtype
+        )
+        return model, configs.vae_scale_factor(spec), args.steps or 1, prompts
+    model = load_pipeline(spec, device=device, dtype=dtype)
+    factor = int(getattr(model, "vae_scale_factor", 8))
+    steps = default_steps(spec, args.steps, entropy=True)
+    return model, factor, steps, prompts or [DEFAULT_PROMPT]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``entropy-attn entropy``; returns the exit code."""
+    check_steps(args.steps)
+    spec = args.model
+    given_sizes = parse_sizes(args.sizes, "--sizes") if args.sizes else None
+    prompts = evaluation.read_prompts(args.prompts) if args.prompts else None
+    if args.random_weights:
+        if spec not in configs.ARCHITECTURES:
+            raise CLIError(
+                f"--random-weights needs a shipped architecture name "
+                f"({', '.join(configs.ARCHITECTURES)}), got --model {spec!r}"
+            )
+        if prompts is not None:
+            raise CLIError("--prompts needs a pipeline; --random-weights runs the bare UNet")
+    check_model_name(spec)
+    device = resolve_device(args.device)
+    if args.random_weights:
+        dtype = resolve_dtype(args.dtype, device)
+        check_multiple(given_sizes or [], configs.vae_scale_factor(spec), "--sizes")
+    else:
+        dtype = model_dtype(spec, args.dtype, device)
+    options = {"dtype": dtype, "device": device, "force": args.force}
+    if given_sizes and not args.random_weights:  # a bare UNet decodes nothing: no VAE memory
+        check_sizes(spec, given_sizes, "--sizes", **options)
+    check_out(args.out)
+    require(DIFFUSERS_MODULES + PLOT_MODULES)
+    model, factor, steps, prompts = _load(args, spec, device, dtype, prompts)
+    train = analysis.training_size(model, factor)
+    sizes = given_sizes or sizes_for_entropy(train, factor * 4)
+    check_sizes(model, sizes, "--sizes", **options)
+    out = make_out(args.out)
+    announce_out(out)
+    print(
+        f"model {spec}{' (random weights, bare UNet)' if args.random_weights else ''}: "
+        f"training size {format_size(train)}; sizes {', '.join(format_size(s) for s in sizes)}; "
+        f"{steps} steps x {len(prompts or [None])} prompt(s), seed {args.seed}",
+        flush=True,
+    )
+    rows: list[analysis.LayerEntropy] = []
+    per_size: dict[tuple[int, int], dict[str, list]] = {size: {} for size in sizes}
+    runs = [(size, method) for size in sizes for method in METHODS]
+    start = time.perf_counter()
+    for size, method in progress(runs, desc="entropy", total=len(runs)):
+        show_progress(model, f"{method} {format_size(size)}", leave=False)
+        with quiet_library_logs():
+            per_size[size][method] = analysis.layer_entropy(
+                model,
+                size,
+                method=method,
+                steps=steps,
+                seed=args.seed,
+                guidance_scale=args.guidance_scale,
+                vae_scale_factor=factor,
+                **({"prompts": prompts} if prompts is not None else {}),
+            )
+        rows += per_size[size][method]
+    seconds = time.perf_counter() - start
+    write_csv(out / "entropy.csv", [r.as_dict() for r in rows], ENTROPY_COLUMNS)
+    fits = analysis.fit_levels(rows)
+    fit_rows = [
+        {
+            "method": f.method,
+            "train_tokens": f.train_tokens,
+            "points": len(f.n_values),
+            "slope": f.fit.slope,
+            "intercept": f.fit.intercept,
+            "rms": f.fit.rms,
+        }
+        for f in fits
+    ]
+    write_csv(out / "fits.csv", fit_rows, FIT_COLUMNS)
+    summary = [
+        {
+            "size": format_size(size),
+            "stock": analysis.mean_self_entropy(per_size[size]["stock"]),
+            "entropy-attn": analysis.mean_self_entropy(per_size[size]["entropy-attn"]),
+        }
+        for size in sizes
+    ]
+    for row in summary:
+        row["difference"] = row["entropy-attn"] - row["stock"]
+    print("\nMean self-attention entropy (nats) per size:")
+    print(format_table(summary, list(summary[0]), "text"))
+    print("Least-squares fit of level-mean entropy vs ln N (paper Fig. 5), per UNet level T:")
+    print(format_table(fit_rows, FIT_COLUMNS, "text") if fit_rows else "(needs >= 2 sizes)\n")
+    written = [out / "entropy.csv", out / "fits.csv"]
+    if fits:
+        written.append(
+            analysis.plot_entropy_vs_log_n(
+                fits, out / "fig5_entropy_vs_log_n.png", title=f"{spec}: entropy vs ln N"
+            )
+        )
+    small, large = min(sizes, key=lambda s: s[0] * s[1]), max(sizes, key=lambda s: s[0] * s[1])
+    series = {
+        f"{format_size(size)} {method}": per_size[size][method]
+        for size in dict.fromkeys([small, large])
+        for method in METHODS
+    }
+    written.append(
+        analysis.plot_layer_entropy(
+            series,
+            out / "fig6_layer_entropy.png",
+            title=f"{spec}: per-layer self-attention entropy",
+        )
+    )
+    print(f"{seconds:.1f} s; wrote {', '.join(str(p) for p in written)}")
+    return 0

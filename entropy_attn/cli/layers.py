@@ -1,0 +1,77 @@
+"""``entropy-attn layers``: the per-layer N, T and lambda table, without running the model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..integration import layer_table
+from .common import CLIError, check_multiple, parse_sizes, require
+from .models import (
+    builtin_names,
+    check_model_name,
+    known_vae_factor,
+    load_architecture,
+    shipped_names,
+)
+from .output import LAYER_COLUMNS, format_table, layer_rows
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "layers",
+        help="per-layer N, T and lambda at a size, without running the model",
+        description=(
+            "The attention layers at an image size: kind, heads, head dim, N (key tokens now), "
+            "T (key tokens at the training size), lambda (softmax scale) and whether entropy-attn "
+            "changes it. Nothing runs and no weights are loaded (shipped names are built on the "
+            "meta device; a pipeline folder or id is read from its config files)."
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"shipped configs: {', '.join(shipped_names())}; built in: "
+        f"{', '.join(builtin_names())}; or a pipeline folder / Hugging Face id (configs only)",
+    )
+    parser.add_argument(
+        "--size", required=True, help="WIDTHxHEIGHT or S (square) in pixels, e.g. 768x512"
+    )
+    parser.add_argument("--format", default="text", choices=("text", "markdown", "csv"))
+    parser.add_argument(
+        "--layers",
+        default="self",
+        choices=("self", "all"),
+        help="which layers entropy-attn rescales (default: self, as the paper)",
+    )
+    parser.add_argument(
+        "--train-size", default=None, help="override the training size (WIDTHxHEIGHT or S)"
+    )
+    parser.add_argument("--out", default=None, help="write to this file (default: print to stdout)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``entropy-attn layers``; returns the exit code."""
+    size = parse_sizes([args.size], "--size")[0]
+    options = {"layers": args.layers}
+    if args.train_size:
+        options["train_size"] = parse_sizes([args.train_size], "--train-size")[0]
+    check_model_name(args.model)
+    check_multiple([size], known_vae_factor(args.model), "--size")
+    require()
+    model, factor = load_architecture(args.model)
+    check_multiple([size], factor, "--size")
+    try:
+        infos = layer_table(model, size, vae_scale_factor=factor, **options)
+    except NotImplementedError as error:
+        raise CLIError(f"--model {args.model!r}: {error}") from None
+    text = format_table(layer_rows(infos), LAYER_COLUMNS, args.format)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
