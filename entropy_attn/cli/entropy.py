@@ -36,6 +36,7 @@ from .models import (
     load_pipeline,
     model_dtype,
     model_help,
+    require_prompts,
 )
 from .output import ENTROPY_COLUMNS, format_table, write_csv
 
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if prompts is not None:
             raise CLIError("--prompts needs a pipeline; --random-weights runs the bare UNet")
     check_model_name(spec)
+    require_prompts(spec, "entropy")
     device = resolve_device(args.device)
     if args.random_weights:
         dtype = resolve_dtype(args.dtype, device)

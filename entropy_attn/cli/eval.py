@@ -1,5 +1,6 @@
 """``entropy-attn eval``: the paper's Tables 1-2 protocol (FID / CLIP score per size), resumable
-and shardable with ``accelerate launch``."""
+and shardable with ``accelerate launch``; for the trained digits models (``digits-unet``,
+``digits-dit``) the quality table of :func:`entropy_attn.zoo.evaluate` (offline)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,12 @@ from .models import (
     load_pipeline,
     model_dtype,
     model_help,
+    takes_labels,
 )
 
 DEFAULT_OUT = "entropy-attn-eval"
+DIGITS_N_PER_CELL = 300  # zoo.evaluate's default
+DIGITS_SIZES = ((8, 8), (4, 4), (12, 12), (16, 16), (8, 16))  # (height, width): zoo's defaults
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -39,14 +43,24 @@ def add_parser(commands) -> argparse.ArgumentParser:
             "Generate one image per prompt at each size, stock and entropy-attn (seed + prompt "
             "index, same noise for both), saved as they are made (a rerun resumes), then compute "
             "FID against --reference-images and CLIP score, and write results.csv and "
-            "results.md. Under `accelerate launch` each process takes a shard of the prompts."
+            "results.md. Under `accelerate launch` each process takes a shard of the prompts. "
+            "With --model digits-unet or digits-dit (trained, shipped, offline; class labels, "
+            "no prompts): classifier accuracy, paired McNemar test, blob rate and Frechet "
+            "distance per size (entropy_attn.zoo.evaluate), written to quality-<model>.csv and "
+            "quality-<model>.md; default sizes 8x8 (training), 4, 12, 16 and 16x8."
         ),
     )
     parser.add_argument("--model", required=True, help=model_help())
-    parser.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    parser.add_argument(
+        "--prompts", default=None, help="text file, one prompt per line (text-to-image models)"
+    )
     parser.add_argument("--reference-images", default=None, help="folder of real images (for FID)")
     parser.add_argument(
-        "--sizes", nargs="+", required=True, help="sizes (WIDTHxHEIGHT or S), e.g. 224 768x512"
+        "--sizes",
+        nargs="+",
+        default=None,
+        help="sizes (WIDTHxHEIGHT or S), e.g. 224 768x512 (required except for the digits "
+        "models: default 8 4 12 16 16x8)",
     )
     parser.add_argument(
         "--metrics",
@@ -56,6 +70,20 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="metrics to compute (default: fid clip; none: only generate)",
     )
     parser.add_argument("--n", type=int, default=None, help="use the first N prompts")
+    parser.add_argument(
+        "--n-per-cell",
+        type=int,
+        default=None,
+        help="digits models: samples per size and method, labels 0-9 in turn (default: "
+        f"{DIGITS_N_PER_CELL})",
+    )
+    parser.add_argument(
+        "--positions",
+        nargs="+",
+        default=None,
+        choices=("interpolate", "extend"),
+        help="digits-dit: position embedding off the training size (default: interpolate)",
+    )
     parser.add_argument(
         "--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})"
     )
@@ -90,6 +118,14 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``entropy-attn eval``; returns the exit code."""
+    if takes_labels(args.model):
+        return run_digits(args)
+    for option, value in (("--n-per-cell", args.n_per_cell), ("--positions", args.positions)):
+        if value is not None:
+            raise CLIError(f"{option} applies to the digits models, not --model {args.model!r}")
+    for option, value in (("--prompts", args.prompts), ("--sizes", args.sizes)):
+        if value is None:
+            raise CLIError(f"--model {args.model!r} needs {option}")
     # Cheap checks first: arguments and files, then the model name, then optional libraries.
     if args.fid_size < 16:
         raise CLIError(f"--fid-size must be >= 16 pixels, got {args.fid_size}")
@@ -199,6 +235,81 @@ def run(args: argparse.Namespace) -> int:
         + "."
     )
     csv_path, md_path = evaluation.write_results(rows, out, description=description)
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+def _refuse_prompt_options(args: argparse.Namespace) -> None:
+    """Options of the prompt protocol that the digits table does not use: refused, not ignored."""
+    defaults = {
+        "--prompts": (args.prompts, None),
+        "--reference-images": (args.reference_images, None),
+        "--metrics": (args.metrics, ["fid", "clip"]),
+        "--n": (args.n, None),
+        "--batch-size": (args.batch_size, 1),
+        "--fid-features": (args.fid_features, None),
+        "--inception-weights": (args.inception_weights, None),
+        "--fid-size": (args.fid_size, 299),
+        "--clip-model": (args.clip_model, evaluation.DEFAULT_CLIP_MODEL),
+        "--guidance-scale": (args.guidance_scale, None),
+    }
+    given = [option for option, (value, default) in defaults.items() if value != default]
+    if given:
+        raise CLIError(
+            f"{', '.join(given)}: --model {args.model!r} takes class labels and has its own "
+            "metrics (classifier accuracy, McNemar, blobs, Frechet); these options are for "
+            "text-to-image models. Use --sizes, --n-per-cell, --steps, --seed, --positions."
+        )
+
+
+def run_digits(args: argparse.Namespace) -> int:
+    """``eval`` of a trained digits model: :func:`entropy_attn.zoo.evaluate`'s quality table."""
+    spec = args.model
+    _refuse_prompt_options(args)
+    check_steps(args.steps)
+    n_per_cell = DIGITS_N_PER_CELL if args.n_per_cell is None else args.n_per_cell
+    if n_per_cell < 2:
+        raise CLIError(f"--n-per-cell must be >= 2, got {n_per_cell}")
+    sizes = parse_sizes(args.sizes, "--sizes") if args.sizes else list(DIGITS_SIZES)
+    positions = list(dict.fromkeys(args.positions or ["interpolate"]))
+    if "extend" in positions and spec != "digits-dit":
+        raise CLIError(f"--positions extend applies to digits-dit (a DiT), not --model {spec!r}")
+    device = resolve_device(args.device)
+    dtype = model_dtype(spec, args.dtype, device)
+    steps = default_steps(spec, args.steps)
+    check_sizes(spec, sizes, "--sizes", dtype=dtype, device=device, force=args.force)
+    if spec == "digits-unet":  # the UNet halves the image once
+        for height, width in sizes:
+            if height % 2 or width % 2:
+                raise CLIError(
+                    f"--sizes {width}x{height}: digits-unet needs even width and height (it "
+                    "halves the image once)"
+                )
+    check_out(args.out)
+    require()
+    from .. import zoo
+
+    pipe = load_pipeline(spec, device=device, dtype=dtype)
+    out = make_out(args.out)
+    announce_out(out)
+    print(
+        f"model {spec}: {len(sizes)} sizes x {len(positions)} positions x {len(METHODS)} "
+        f"methods x {n_per_cell} samples, DDIM {steps} steps, seed {args.seed}",
+        flush=True,
+    )
+    zoo.evaluate(
+        pipe,
+        sizes,
+        n_per_cell=n_per_cell,
+        steps=steps,
+        seed=args.seed,
+        positions=positions,
+        out_dir=out,
+        name=spec,
+        progress=not args.no_progress,
+    )
+    csv_path, md_path = out / f"quality-{spec}.csv", out / f"quality-{spec}.md"
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {csv_path} and {md_path}")
     return 0

@@ -25,6 +25,7 @@ from .models import (
     load_pipeline,
     model_dtype,
     model_help,
+    require_prompts,
 )
 from .output import image_grid, slug
 
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     check_steps(args.steps)
     spec = args.model
     check_model_name(spec)
+    require_prompts(spec, "generate")
     device = resolve_device(args.device)
     dtype = model_dtype(spec, args.dtype, device)
     options = {"dtype": dtype, "device": device, "force": args.force}

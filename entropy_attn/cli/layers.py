@@ -12,6 +12,7 @@ from .models import (
     builtin_names,
     check_model_name,
     known_vae_factor,
+    label_names,
     load_architecture,
     shipped_names,
 )
@@ -33,7 +34,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--model",
         required=True,
         help=f"shipped configs: {', '.join(shipped_names())}; built in: "
-        f"{', '.join(builtin_names())}; or a pipeline folder / Hugging Face id (configs only)",
+        f"{', '.join(builtin_names() + label_names())}; or a pipeline folder / Hugging Face id "
+        "(configs only)",
     )
     parser.add_argument(
         "--size", required=True, help="WIDTHxHEIGHT or S (square) in pixels, e.g. 768x512"

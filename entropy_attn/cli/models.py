@@ -3,7 +3,9 @@
 :data:`MODELS` is the one registry of names. Two kinds of entry:
 
 - built in: ``build()`` makes the whole pipeline offline (``tiny-sd``, ``tiny-ldm``, ...: random
-  weights, seconds on a CPU);
+  weights, seconds on a CPU; ``digits-unet``, ``digits-dit``: the trained models of
+  :mod:`entropy_attn.zoo`, which take class labels 0-9 instead of prompts, ``inputs="labels"``:
+  ``demo``, ``eval`` and ``layers`` run them, the prompt commands refuse them);
 - shipped architectures: their configs ship in :mod:`entropy_attn.configs` (``layers`` needs
   nothing else); other commands load the weights from ``hub_id`` (local Hugging Face cache, or a
   download).
@@ -48,6 +50,8 @@ class ModelName:
         steps: default ``--steps`` of ``demo``, ``generate`` and ``eval``.
         entropy_steps: default ``--steps`` of ``entropy``.
         vae_scale_factor: pixels per latent pixel, if known without loading (checks sizes early).
+        inputs: what the pipeline is conditioned on: ``"prompt"`` (text-to-image) or
+            ``"labels"`` (the class-conditional digits models of :mod:`entropy_attn.zoo`).
     """
 
     name: str
@@ -57,6 +61,7 @@ class ModelName:
     steps: int = REAL_STEPS
     entropy_steps: int = REAL_ENTROPY_STEPS
     vae_scale_factor: int | None = None
+    inputs: str = "prompt"
 
     @property
     def builtin(self) -> bool:
@@ -72,6 +77,8 @@ def register(entry: ModelName) -> ModelName:
         raise ValueError(f"model name {entry.name!r} is registered already")
     if (entry.build is None) == (entry.hub_id is None):
         raise ValueError(f"model {entry.name!r}: give exactly one of build= or hub_id=")
+    if entry.inputs not in ("prompt", "labels"):
+        raise ValueError(f"model {entry.name!r}: inputs must be 'prompt' or 'labels'")
     MODELS[entry.name] = entry
     return entry
 
@@ -87,6 +94,38 @@ for _name, _builder in TINY_PIPELINES.items():
             vae_scale_factor=8,
         )
     )
+
+
+def _zoo_builder(name: str) -> Callable[[], Any]:
+    def build():
+        from diffusers.utils import logging as diffusers_logging
+
+        from .. import zoo
+
+        shown = diffusers_logging.is_progress_bar_enabled()
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components": a few ms
+        try:
+            with quiet_library_logs():
+                return zoo.load_pipeline(name)
+        finally:
+            if shown:
+                diffusers_logging.enable_progress_bar()
+
+    return build
+
+
+for _name in ("digits-unet", "digits-dit"):  # entropy_attn.zoo.MODELS (imported lazily)
+    register(
+        ModelName(
+            _name,
+            "trained on 8x8 digits, class labels",
+            build=_zoo_builder(_name),
+            steps=10,
+            entropy_steps=10,
+            vae_scale_factor=1,
+            inputs="labels",
+        )
+    )
 for _name, _hub_id in configs.HUB_IDS.items():
     register(
         ModelName(
@@ -99,7 +138,31 @@ for _name, _hub_id in configs.HUB_IDS.items():
 
 
 def builtin_names() -> list[str]:
-    return [name for name, entry in MODELS.items() if entry.builtin]
+    """Built-in text-to-image names (random weights)."""
+    return [name for name, entry in MODELS.items() if entry.builtin and entry.inputs == "prompt"]
+
+
+def label_names() -> list[str]:
+    """Built-in names that take class labels, not prompts (the trained digits models)."""
+    return [name for name, entry in MODELS.items() if entry.inputs == "labels"]
+
+
+def takes_labels(spec: str) -> bool:
+    """``--model`` names a class-conditional model (class labels, no prompts)."""
+    entry = MODELS.get(spec)
+    return entry is not None and entry.inputs == "labels"
+
+
+def require_prompts(spec: str, command: str) -> None:
+    """Refuse a model that takes class labels in a command that needs prompts."""
+    if takes_labels(spec):
+        raise CLIError(
+            f"--model {spec!r} takes class labels (digits 0-9), not prompts: `entropy-attn "
+            f"{command}` needs a text-to-image model ({', '.join(builtin_names())}, a shipped "
+            f"architecture, a Hugging Face id or a pipeline folder). For {spec} run "
+            f"`entropy-attn demo --model {spec}` or `entropy-attn eval --model {spec}` (or "
+            "`entropy-attn layers`)."
+        )
 
 
 def shipped_names() -> list[str]:
@@ -109,7 +172,9 @@ def shipped_names() -> list[str]:
 def model_help(default: str | None = None) -> str:
     """``--model`` help text listing every registered name."""
     text = (
-        f"built in (no download): {', '.join(builtin_names())}; shipped architectures (weights "
+        f"built in (no download): {', '.join(builtin_names())} (random weights), "
+        f"{', '.join(label_names())} (trained on 8x8 digits, class labels: demo, eval, layers); "
+        "shipped architectures (weights "
         f"from their Hugging Face id): {', '.join(shipped_names())}; or a Hugging Face id "
         "(org/name) or a local pipeline folder"
     )
@@ -364,6 +429,7 @@ __all__ = [
     "check_model_name",
     "check_sizes",
     "default_steps",
+    "label_names",
     "known_vae_config",
     "known_vae_factor",
     "load_architecture",
@@ -372,6 +438,8 @@ __all__ = [
     "model_dtype",
     "model_help",
     "register",
+    "require_prompts",
     "shipped_names",
+    "takes_labels",
     "vae_channels",
 ]
