@@ -123,7 +123,7 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = cli.main(["demo", "--out", str(out), "--steps", "2"])
+        code = cli.main(["demo", "--model", "tiny-sd", "--out", str(out), "--steps", "2"])
     return code, out, stdout.getvalue(), stderr.getvalue()
 
 
@@ -194,6 +194,112 @@ def test_demo_says_where_it_writes_and_shows_progress(demo_run):
                 if chunk.startswith(f"{method} {size}:") and "100%" in chunk
             )
             assert "2/2" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# The trained digits models (entropy_attn.zoo): demo's default, eval's quality table, layers
+
+
+@pytest.fixture(scope="module")
+def digits_unet():
+    pytest.importorskip("sklearn")
+    from entropy_attn import zoo
+
+    return zoo.load_pipeline("digits-unet")
+
+
+def test_demo_default_is_the_trained_digits_grid(tmp_path, capsys, digits_unet):
+    from entropy_attn import zoo
+
+    code, out, err = run(["demo", "--steps", "1", "--out", tmp_path / "cli"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"writing to {(tmp_path / 'cli').resolve()}/"  # before it starts
+    assert lines[1].startswith("model digits-unet: trained on scikit-learn's 8x8")
+    assert "8x8 (training size), 4x4, 12x12, 16x16, 8x16; DDIM 1 steps, seed 0" in lines[1]
+    assert "16x16 is 2x" in out and "entropy-attn eval --model digits-unet" in out
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["demo-digits-unet.png"]
+    # Progress: one bar over the denoiser calls (5 sizes x 2 methods x 1 step), to the end.
+    bars = [c for c in err.replace("\r", "\n").splitlines() if c.startswith("demo:")]
+    assert bars and "100%" in bars[-1] and "10/10" in bars[-1]
+    # The very picture zoo.demo_grid draws (the progress hook leaves the outputs alone).
+    reference = zoo.demo_grid("digits-unet", tmp_path / "ref", steps=1, pipe=digits_unet)
+    got = np.asarray(png(tmp_path / "cli" / "demo-digits-unet.png"))
+    assert np.array_equal(got, np.asarray(png(reference)))
+    assert not digits_unet.unet._forward_hooks
+
+
+@pytest.mark.parametrize(
+    "argv,pattern",
+    [
+        (["demo", "--prompt", "a cat"], "--prompt: --model 'digits-unet' takes class labels"),
+        (["demo", "--guidance-scale", "3"], "--guidance-scale: --model 'digits-unet' takes"),
+        (["demo", "--positions", "extend"], "--positions extend applies to digits-dit"),
+        (["demo", "--model", "tiny-sd", "--positions", "extend"], "--positions applies to"),
+        (
+            ["generate", "--model", "digits-unet", "--prompt", "x", "--size", "16"],
+            "--model 'digits-unet' takes class labels (digits 0-9), not prompts: `entropy-attn "
+            "generate` needs a text-to-image model",
+        ),
+        (["entropy", "--model", "digits-dit"], "`entropy-attn entropy` needs a text-to-image"),
+        (["eval", "--model", "digits-unet", "--prompts", "p.txt"], "--prompts: --model"),
+        (["eval", "--model", "digits-dit", "--metrics", "--n", "3"], "--metrics, --n: --model"),
+        (["eval", "--model", "digits-unet", "--n-per-cell", "1"], "--n-per-cell must be >= 2"),
+        (["eval", "--model", "digits-unet", "--sizes", "9"], "digits-unet needs even width"),
+        (["eval", "--model", "digits-unet", "--positions", "extend"], "applies to digits-dit"),
+        (["eval", "--model", "tiny-sd", "--sizes", "64"], "--model 'tiny-sd' needs --prompts"),
+        (["eval", "--model", "tiny-sd", "--prompts", "p.txt"], "needs --sizes"),
+        (["eval", "--model", "tiny-sd", "--n-per-cell", "4"], "--n-per-cell applies to the"),
+    ],  # fmt: skip
+)
+def test_digits_models_refuse_prompt_options_before_loading(
+    argv, pattern, no_loading, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(argv, capsys)
+    assert code == 2 and pattern in err, err
+    assert "Traceback" not in err and "tried to load" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_eval_digits_writes_the_quality_table(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    argv = ["eval", "--model", "digits-unet", "--n-per-cell", "3", "--sizes", "8", "16x8",
+            "--steps", "1", "--out", tmp_path]  # fmt: skip
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == f"writing to {tmp_path.resolve()}/"
+    assert "model digits-unet: 2 sizes x 1 positions x 2 methods x 3 samples" in out
+    rows = read_csv(tmp_path / "quality-digits-unet.csv")
+    # --sizes is WIDTHxHEIGHT: 16x8 is 8 high and 16 wide.
+    assert [(r["height"], r["width"], r["method"]) for r in rows] == [
+        ("8", "8", "stock"), ("8", "8", "entropy-attn"),
+        ("8", "16", "stock"), ("8", "16", "entropy-attn"),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["model"] == "digits-unet" and r["n"] == "3" and r["positions"] == "interpolate"
+        assert int(r["correct"]) == round(float(r["accuracy"]) * 3)
+    # At the training size N == T: entropy-attn is the stock scale, the same samples.
+    assert rows[1]["mcnemar_b"] == rows[1]["mcnemar_c"] == "0"
+    assert rows[0]["correct"] == rows[1]["correct"] and rows[0]["frechet"] == rows[1]["frechet"]
+    md = (tmp_path / "quality-digits-unet.md").read_text()
+    assert "3 samples per cell" in md and "DDIM 1 steps, seed 0" in md and md in out
+    assert any(c.startswith("eval digits-unet: 100%") for c in err.replace("\r", "\n").split("\n"))
+
+
+def test_layers_of_the_digits_model(capsys, digits_unet):
+    code, out, _ = run(
+        ["layers", "--model", "digits-unet", "--size", "16x8", "--format", "csv"], capsys
+    )
+    assert code == 0
+    table = entropy_attn.layer_table(digits_unet, (8, 16), vae_scale_factor=1)
+    rows = read_csv(out)
+    assert [(r["name"], int(r["N"]), int(r["T"]), float(r["lambda"])) for r in rows] == [
+        (i.name, i.n_tokens, i.train_tokens, i.scale) for i in table
+    ]
+    first = rows[0]  # top level: 8x16 pixels = 128 tokens vs 8x8 = 64 at training
+    assert (first["kind"], first["N"], first["T"]) == ("self", "128", "64")
+    assert float(first["lambda"]) == pytest.approx(entropy_attn.log_scale(128, 64, 8), abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

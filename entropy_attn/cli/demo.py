@@ -247,11 +247,11 @@ def run_digits(args: argparse.Namespace, spec: str) -> int:
         "The picture: one column per size (8x8 is the training size, 16x16 is 2x), each a 2x5 "
         "tile of the digits 0-9; rows: stock, entropy-attn (the same starting noise) and "
         "|difference| on one colour scale (each panel's maximum below it). At 8x8 the digits "
-        "are legible and entropy-attn changes nothing (N = T: the stock scale). Off the "
-        "training size the model fails: at 2x the digits break into repeated strokes and "
-        "blobs; the entropy-attn row and the |difference| panels show how much the paper's "
-        "scale changes that (on this small model: little, see docs/zoo/quality-digits-*.md). "
-        f"Numbers (classifier accuracy, blobs, Frechet): entropy-attn eval --model {spec}."
+        "are legible (with the default 10 steps) and entropy-attn changes nothing (N = T: the "
+        "stock scale). Off the training size the model fails: at 2x the digits break into "
+        "repeated strokes and blobs; the entropy-attn row and the |difference| panels show how "
+        "much the paper's scale changes that (on this small model: little). Numbers "
+        f"(classifier accuracy, blobs, Frechet): entropy-attn eval --model {spec}."
     )
     return 0
 
