@@ -23,8 +23,11 @@ import torch
 
 from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
 from .processors import (
+    OWN_BACKENDS,
     EntropyAttnProcessor,
+    backend_accepts_scale,
     base_scale_of,
+    check_backend,
     head_dim_of,
     kind_of,
     layer_scale,
@@ -221,18 +224,20 @@ def _check_plan(plan: _Plan, processors: dict) -> None:
             "the denoiser runs context parallelism (enable_parallelism): entropy-attn's "
             "processors attend over local keys only and would be wrong; not supported"
         )
-    chosen = {
-        name: getattr(processors[name], "_attention_backend", None)
-        for name, ok in plan.replace.items()
-        if ok and getattr(processors[name], "_attention_backend", None) is not None
-    }
-    if chosen:
-        name, backend = next(iter(chosen.items()))
-        raise ValueError(
-            f"layer {name!r} uses the attention backend {backend!r} chosen with "
-            "set_attention_backend; entropy-attn replaces the attention call and would drop it. "
-            "Call reset_attention_backend() first."
-        )
+    _warn_backends_without_scale(plan, processors)
+
+
+def _warn_backends_without_scale(plan: _Plan, processors: dict) -> None:
+    """A backend chosen with set_attention_backend is kept; say where it cannot take the scale."""
+    for name, ok in plan.replace.items():
+        backend = getattr(processors[name], "_attention_backend", None)
+        if ok and plan.rescale[name] and backend is not None and not backend_accepts_scale(backend):
+            warnings.warn(
+                f"layer {name!r} uses the attention backend {backend!r}, which takes no softmax "
+                "scale: where the scale differs from 1/sqrt(d) it runs entropy-attn's op instead",
+                stacklevel=4,
+            )
+            return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +262,8 @@ class EntropyAttnHandle:
         self.rescaled_layers = [name for name, on in plan.rescale.items() if on]
         self.recorder = recorder
         self._hook = hook
+
+    controlnet_handles: tuple[EntropyAttnHandle, ...] = ()  # set by enable on a ControlNet pipeline
 
     @property
     def active(self) -> bool:
@@ -283,6 +290,8 @@ class EntropyAttnHandle:
 
     def disable(self) -> None:
         """Put back the original processor objects (harmless if already done)."""
+        for handle in self.controlnet_handles:
+            handle.disable()
         if not self.active:
             return
         modules = attention_modules(self.denoiser)
@@ -310,6 +319,7 @@ def enable(
     record_entropy: bool = False,
     backend: str = "auto",
     text_tokens: int | None = None,
+    controlnet: bool = True,
 ) -> EntropyAttnHandle:
     """Install entropy-attn processors on a pipeline's denoiser (or on a bare UNet).
 
@@ -327,11 +337,21 @@ def enable(
             a bare UNet.
         record_entropy: record per step and layer the mean attention entropy, with N, T and
             lambda (read with ``handle.entropy_rows()``).
-        backend: passed to :func:`entropy_attn.attention` (``"auto"``, ``"triton"``, ``"torch"``).
+        backend: ``"auto"`` keeps an attention backend chosen with diffusers'
+            ``set_attention_backend`` (FLUX processors: FA3, cuDNN, Sage, ...) and passes it the
+            scale, elsewhere the fused kernel on CUDA and PyTorch otherwise; ``"triton"`` or
+            ``"torch"`` (see :func:`entropy_attn.attention`); ``"sdpa"``: PyTorch SDPA with the
+            scale (PyTorch picks flash, cuDNN, ...); or a diffusers backend name (``"native"``,
+            ``"flash"``, ``"_flash_3"``, ``"sage"``, ...) for every layer. A diffusers backend that
+            takes no scale, and any layer while entropy is recorded, runs entropy-attn's op.
         text_tokens: text sequence length assumed when counting tokens at the training size;
             default per model family: 77 for UNets (CLIP, LDMBert), 333 for SD3 (77 CLIP + 256
             T5), 512 for FLUX, 120 for PixArt-alpha and 300 for PixArt-Sigma. It matters for
             joint attention, where text tokens are keys too.
+        controlnet: also patch the pipeline's ControlNet(s) (``pipe.controlnet``, each net of a
+            ``MultiControlNetModel``), with ``T`` counted on each ControlNet's own architecture
+            at the same training size; ``layers`` gets each model's own layer names. Their
+            handles are ``handle.controlnet_handles``; ``disable`` restores them too.
 
     Returns:
         An :class:`EntropyAttnHandle`. Calling ``enable`` again first undoes the earlier call,
@@ -342,17 +362,30 @@ def enable(
         ValueError: a selected layer has a processor entropy-attn does not reproduce (for example
             an IP-Adapter processor), which it would otherwise drop (exclude it with ``layers=``);
             a selected layer sees one key at the training size; the denoiser runs context
-            parallelism or a layer uses an attention backend chosen with
-            ``set_attention_backend``. Nothing is changed when ``enable`` raises, also when it
-            was enabled before.
+            parallelism; ``backend`` is unknown, or a diffusers backend whose package is
+            missing. Nothing is changed when ``enable`` raises, also when it was enabled before.
 
     Attention modules that do not run in the denoiser's forward (an IP-Adapter Plus image
     projection, say) have no training token count; they are left as they are, with a warning.
     """
     if not isinstance(record_entropy, bool):
         raise TypeError(f"record_entropy must be a bool, got {type(record_entropy).__name__}")
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    check_backend(backend)
+    from .pipelines import controlnets_of, enable_with_controlnets  # they use this module
+
+    if not isinstance(controlnet, bool):
+        raise TypeError(f"controlnet must be a bool, got {type(controlnet).__name__}")
+    if controlnet and controlnets_of(pipe):
+        return enable_with_controlnets(
+            enable,
+            pipe,
+            layers=layers,
+            train_size=train_size,
+            vae_scale_factor=vae_scale_factor,
+            record_entropy=record_entropy,
+            backend=backend,
+            text_tokens=text_tokens,
+        )
     denoiser = find_denoiser(pipe)
     previous = getattr(denoiser, _HANDLE_ATTR, None)
     # Judge the processors that were there before any enable, and fail before changing anything.
@@ -383,12 +416,21 @@ def enable(
                 rescale=plan.rescale[name],
                 backend=backend,
                 recorder=recorder,
+                attention_backend=_attention_backend_for(module.processor, backend),
             )
         )
     hook = None if recorder is None else denoiser.register_forward_pre_hook(recorder.next_step)
     handle = EntropyAttnHandle(denoiser, replaced, plan.train_latent, plan, recorder, hook)
     setattr(denoiser, _HANDLE_ATTR, handle)
     return handle
+
+
+def _attention_backend_for(processor, backend: str):
+    """The diffusers backend a replacement processor calls: the one named in ``enable``, else,
+    for ``backend="auto"``, the one the user chose with ``set_attention_backend``."""
+    if backend not in OWN_BACKENDS:
+        return backend
+    return getattr(processor, "_attention_backend", None) if backend == "auto" else None
 
 
 def disable(pipe) -> None:

@@ -71,12 +71,16 @@ class _EntropyAttnBase:
         rescale: bool,
         backend: str = "auto",
         recorder: EntropyRecorder | None = None,
+        attention_backend: str | None = None,
     ) -> None:
         self.name = name
         self.train_tokens = int(train_tokens)
         self.rescale = bool(rescale)
         self.backend = backend
         self.recorder = recorder
+        # diffusers' own attribute name, so that set_attention_backend / reset_attention_backend
+        # reach this processor as they reach the stock one it replaces.
+        self._attention_backend = attention_backend
 
     def scale_for(self, attn, n_tokens: int) -> float:
         """The softmax scale for a call with ``n_tokens`` keys."""
@@ -102,8 +106,13 @@ class _EntropyAttnBase:
         # SDPA's own default scale, passed as None, keeps stock numerics bit for bit.
         call_scale = None if scale == head_dim**-0.5 else scale
         record = self.recorder is not None
-        if attention_mask is None:
-            result = dispatch(query, key, value, call_scale, record, self.backend)
+        if not record and takes_scale(self._attention_backend, call_scale):
+            result = dispatch_diffusers(
+                query, key, value, attention_mask, call_scale, self._attention_backend
+            )
+        elif attention_mask is None:
+            backend = op_backend(self.backend, record)
+            result = dispatch(query, key, value, call_scale, record, backend)
         else:
             result = attention_reference(
                 query, key, value, call_scale, return_entropy=record, attn_mask=attention_mask
@@ -129,6 +138,79 @@ class _EntropyAttnBase:
             f"{type(self).__name__}({self.name!r}, train_tokens={self.train_tokens}, "
             f"rescale={self.rescale}, backend={self.backend!r})"
         )
+
+
+# entropy-attn's own backends: "sdpa" is PyTorch SDPA with the scale (PyTorch picks flash, cuDNN,
+# memory-efficient or math), except when entropy is recorded, which needs the entropy-attn op.
+OWN_BACKENDS = ("auto", "triton", "torch", "sdpa")
+
+
+def op_backend(backend: str, record: bool) -> str:
+    """The :func:`entropy_attn.ops.dispatch` backend for an ``enable(..., backend=)`` choice."""
+    if backend == "sdpa":
+        return "auto" if record else "torch"
+    return backend
+
+
+def diffusers_backend_names() -> list[str]:
+    """The attention backends of diffusers' dispatcher (``set_attention_backend`` names)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return [member.value for member in AttentionBackendName]
+
+
+def check_backend(backend) -> None:
+    """Refuse a backend that is neither entropy-attn's own nor a usable diffusers one."""
+    if backend in OWN_BACKENDS:
+        return
+    try:
+        names = diffusers_backend_names()
+    except ImportError:
+        names = []
+    if not isinstance(backend, str) or backend not in names:
+        raise ValueError(
+            f"backend must be one of {OWN_BACKENDS} or a diffusers attention backend "
+            f"({', '.join(names) or 'needs diffusers'}), got {backend!r}"
+        )
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _check_attention_backend_requirements,
+    )
+
+    _check_attention_backend_requirements(AttentionBackendName(backend))
+
+
+def backend_accepts_scale(attention_backend) -> bool:
+    """Whether a diffusers attention backend takes a softmax ``scale`` argument (its dispatcher
+    silently drops arguments a backend does not list; ``_native_xla`` has no scale)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    name = AttentionBackendName(attention_backend)
+    return "scale" in _AttentionBackendRegistry._supported_arg_names.get(name, ())
+
+
+def takes_scale(attention_backend, scale: float | None) -> bool:
+    """Whether a call goes to the user's diffusers backend: one is chosen and it can apply
+    ``scale`` (``None``, the default ``1/sqrt(d)``, every backend applies)."""
+    if attention_backend is None:
+        return False
+    return scale is None or backend_accepts_scale(attention_backend)
+
+
+def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backend):
+    """``(B, H, L, D)`` attention through diffusers' ``dispatch_attention_fn`` (which takes
+    ``(B, L, H, D)``) on the chosen backend, with ``scale`` passed to it."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    out = dispatch_attention_fn(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        attn_mask=attention_mask,
+        scale=scale,
+        backend=attention_backend,
+    )
+    return out.transpose(1, 2)
 
 
 class EntropyAttnProcessor(_EntropyAttnBase):
@@ -329,6 +411,7 @@ def replacement_for(processor) -> type[_EntropyAttnBase] | None:
 
 
 __all__ = [
+    "OWN_BACKENDS",
     "REPLACEMENTS",
     "EntropyAttnProcessor",
     "EntropyFluxAttnProcessor",
