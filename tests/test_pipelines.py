@@ -24,7 +24,7 @@ import entropy_attn
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
-from entropy_attn import tiny_pipelines  # noqa: E402
+from entropy_attn import tiny, tiny_pipelines  # noqa: E402
 
 TRAIN = 128  # px: the tiny pipelines' training size
 HEIGHT, WIDTH = 64, 96  # a non-square size (latent 8x12) against the 128x128 training size
@@ -74,12 +74,12 @@ def expected_scale(models, height, width, monkeypatch):
             hook.remove()
 
 
-def generate(pipe, height, width, **inputs):
+def generate(pipe, height, width, steps=1, **inputs):
     return pipe(
         "a red cat",
         height=height,
         width=width,
-        num_inference_steps=1,
+        num_inference_steps=steps,
         generator=torch.Generator().manual_seed(0),
         output_type="np",
         **inputs,
@@ -264,3 +264,217 @@ def test_image_to_image_and_inpainting(build, monkeypatch):
     np.testing.assert_array_equal(ours_train, stock_train)
     np.testing.assert_allclose(ours, plain, atol=2e-5, rtol=0)
     assert np.abs(ours - stock).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA, textual inversion, IP-Adapter: they change weights and inputs, not (self-)attention calls
+
+
+def tiny_lora(unet, seed=5, rank=2) -> dict[str, torch.Tensor]:
+    """A PEFT-format LoRA on every attention projection q/k/v/out, non-zero both ways."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(("attn1", "attn2")):
+            continue
+        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+            linear = module.get_submodule(proj)
+            down = torch.randn(rank, linear.in_features, generator=g) * 0.3
+            up = torch.randn(linear.out_features, rank, generator=g) * 0.3
+            state[f"unet.{name}.{proj}.lora_A.weight"] = down
+            state[f"unet.{name}.{proj}.lora_B.weight"] = up
+    return state
+
+
+def test_lora_before_and_after_enable_fuse_and_unfuse(monkeypatch):
+    pytest.importorskip("peft")
+    pipe = tiny.tiny_sd_pipeline()
+    stock = generate(pipe, HEIGHT, WIDTH)
+    before = processors_of([pipe.unet])
+    # LoRA loaded after enable: entropy-attn's processors stay, the LoRA acts inside them.
+    handle = entropy_attn.enable(pipe)
+    replaced = processors_of([pipe.unet])
+    pipe.load_lora_weights(tiny_lora(pipe.unet), adapter_name="tiny")
+    assert_same_objects(replaced, [pipe.unet])
+    after_enable = generate(pipe, HEIGHT, WIDTH)
+    at_train = generate(pipe, TRAIN, TRAIN)
+    entropy_attn.disable(pipe)
+    assert not handle.active
+    assert_same_objects(before, [pipe.unet])
+    stock_lora_train = generate(pipe, TRAIN, TRAIN)
+    with expected_scale([pipe.unet], HEIGHT, WIDTH, monkeypatch):
+        plain = generate(pipe, HEIGHT, WIDTH)
+    # LoRA loaded before enable; then fused into the weights and unfused again.
+    with entropy_attn.enabled(pipe):
+        before_enable = generate(pipe, HEIGHT, WIDTH)
+        pipe.fuse_lora()
+        fused = generate(pipe, HEIGHT, WIDTH)
+        pipe.unfuse_lora()
+        unfused = generate(pipe, HEIGHT, WIDTH)
+    assert_same_objects(before, [pipe.unet])
+    assert np.abs(plain - stock).max() > 1e-3, "the LoRA changed nothing"
+    np.testing.assert_allclose(after_enable, plain, atol=2e-5, rtol=0)
+    np.testing.assert_array_equal(before_enable, after_enable)
+    np.testing.assert_array_equal(at_train, stock_lora_train)
+    # Fused weights (W + BA) round differently from the separate LoRA matmuls: fp32 rounding.
+    np.testing.assert_allclose(fused, plain, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(unfused, plain, atol=1e-4, rtol=0)
+
+
+def test_textual_inversion(monkeypatch):
+    pipe = tiny.tiny_sd_pipeline()
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    embedding = torch.randn(width, generator=torch.Generator().manual_seed(7))
+    pipe.load_textual_inversion({"<tiny-cat>": embedding}, token="<tiny-cat>")
+    assert "<tiny-cat>" in pipe.tokenizer.get_vocab()
+
+    def run():
+        return pipe(
+            "a <tiny-cat>",
+            height=HEIGHT,
+            width=WIDTH,
+            num_inference_steps=1,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images
+
+    with entropy_attn.enabled(pipe):
+        ours = run()
+    with expected_scale([pipe.unet], HEIGHT, WIDTH, monkeypatch):
+        plain = run()
+    np.testing.assert_allclose(ours, plain, atol=2e-5, rtol=0)
+
+
+def install_ip_adapter(unet, tokens=4, image_dim=16):
+    """What ``load_ip_adapter`` installs, with random weights: an image projection and
+    IPAdapterAttnProcessor2_0 on every cross-attention layer (self-attention keeps its own)."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+    from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+
+    cross = unet.config.cross_attention_dim
+    with torch.random.fork_rng():
+        torch.manual_seed(9)
+        processors = {}
+        for name, processor in unet.attn_processors.items():
+            attn = unet.get_submodule(name.removesuffix(".processor"))
+            if name.endswith("attn2.processor"):
+                processor = IPAdapterAttnProcessor2_0(
+                    hidden_size=attn.to_q.out_features,
+                    cross_attention_dim=cross,
+                    num_tokens=(tokens,),
+                    scale=1.0,
+                )
+            processors[name] = processor
+        unet.set_attn_processor(processors)
+        projection = ImageProjection(
+            cross_attention_dim=cross, image_embed_dim=image_dim, num_image_text_embeds=tokens
+        )
+    unet.encoder_hid_proj = MultiIPAdapterImageProjection([projection])
+    unet.config.encoder_hid_dim_type = "ip_image_proj"  # as UNet2DConditionModel's loader does
+    # (negative, positive) image embeddings for classifier-free guidance: (2, images, dim).
+    return torch.randn(2, 1, image_dim, generator=torch.Generator().manual_seed(11))
+
+
+def test_ip_adapter_is_kept_and_refused_only_when_selected(monkeypatch):
+    pipe = tiny.tiny_sd_pipeline()
+    image_embeds = install_ip_adapter(pipe.unet)
+    unet = pipe.unet
+    before = processors_of([unet])
+
+    def run(pipe):
+        return generate(pipe, HEIGHT, WIDTH, steps=3, ip_adapter_image_embeds=[image_embeds])
+
+    stock = run(pipe)
+    with pytest.raises(ValueError, match="IPAdapterAttnProcessor2_0"):
+        entropy_attn.enable(pipe, layers="all")
+    assert_same_objects(before, [unet])
+    with entropy_attn.enabled(pipe) as handle:  # self-attention only: the IP layers untouched
+        ip_layers = [n for n in before[0] if n.endswith("attn2.processor")]
+        assert all(unet.attn_processors[n] is before[0][n] for n in ip_layers)
+        assert len(handle.rescaled_layers) == 7
+        ours = run(pipe)
+    assert_same_objects(before, [unet])
+    with expected_scale([unet], HEIGHT, WIDTH, monkeypatch):
+        plain = run(pipe)
+    np.testing.assert_allclose(ours, plain, atol=2e-5, rtol=0)
+    assert np.abs(ours - stock).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# Offloading, VAE slicing/tiling, device moves, torch.compile
+
+
+@pytest.mark.parametrize("order", ["offload-then-enable", "enable-then-offload"])
+def test_model_cpu_offload_hooks(order, monkeypatch):
+    """diffusers refuses ``enable_model_cpu_offload()`` without an accelerator; with
+    ``device="cpu"`` it installs accelerate's hooks as on a GPU, executing on the CPU."""
+    pipe = tiny_pipelines.tiny_sd_controlnet_pipeline()
+    inputs = controlnet_inputs(pipe, HEIGHT, WIDTH)
+    models = [pipe.unet, pipe.controlnet]
+    before = processors_of(models)
+    with entropy_attn.enabled(pipe):
+        expected = generate(pipe, HEIGHT, WIDTH, **inputs)
+    if order == "offload-then-enable":
+        pipe.enable_model_cpu_offload(device="cpu")
+        handle = entropy_attn.enable(pipe)
+    else:
+        handle = entropy_attn.enable(pipe)
+        pipe.enable_model_cpu_offload(device="cpu")
+    assert all(hasattr(m, "_hf_hook") for m in models)  # accelerate's offload hooks
+    assert all(h.active for h in (handle, *handle.controlnet_handles))
+    ours = generate(pipe, HEIGHT, WIDTH, **inputs)
+    entropy_attn.disable(pipe)
+    assert_same_objects(before, models)
+    np.testing.assert_array_equal(ours, expected)
+    assert all(hasattr(m, "_hf_hook") for m in models)  # disable leaves the user's hooks
+
+
+@pytest.mark.parametrize("order", ["offload-then-enable", "enable-then-offload"])
+def test_sequential_offload_hooks(order):
+    """``enable_sequential_cpu_offload`` puts each module's weights on the meta device and loads
+    them in accelerate hooks around each forward. The pipeline call itself fails on this stack
+    without an accelerator (see README), so the hooks are installed on the denoiser with
+    accelerate's ``cpu_offload``, as accelerate's own tests do."""
+    from accelerate import cpu_offload
+
+    pipe = tiny.tiny_sd_pipeline()
+    with entropy_attn.enabled(pipe):
+        expected = generate(pipe, HEIGHT, WIDTH)
+    if order == "offload-then-enable":
+        cpu_offload(pipe.unet, execution_device=torch.device("cpu"))
+        handle = entropy_attn.enable(pipe)
+    else:
+        handle = entropy_attn.enable(pipe)
+        cpu_offload(pipe.unet, execution_device=torch.device("cpu"))
+    assert pipe.unet.conv_in.weight.device.type == "meta"
+    ours = generate(pipe, HEIGHT, WIDTH)
+    handle.disable()
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_vae_slicing_tiling_device_moves_and_compile(monkeypatch):
+    pipe = tiny.tiny_sd_pipeline()
+    vae_before = processors_of([pipe.vae])
+    pipe.vae.enable_slicing()
+    pipe.vae.enable_tiling()
+    # Tiles smaller than the image, so the tiled decoder really runs at 64x96.
+    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 4
+    handle = entropy_attn.enable(pipe)
+    assert_same_objects(vae_before, [pipe.vae])  # the VAE keeps its attention
+    ours = generate(pipe, HEIGHT, WIDTH, num_images_per_prompt=2)
+    pipe.to("cpu")
+    pipe.to(torch.float64)
+    pipe.to(torch.float32)
+    assert handle.active
+    moved = generate(pipe, HEIGHT, WIDTH, num_images_per_prompt=2)
+    torch._dynamo.reset()
+    pipe.unet = torch.compile(pipe.unet, backend="eager")
+    compiled = generate(pipe, HEIGHT, WIDTH, num_images_per_prompt=2)
+    entropy_attn.disable(pipe)  # acts on the module inside the compiled wrapper
+    assert not handle.active
+    pipe.unet = pipe.unet._orig_mod
+    with expected_scale([pipe.unet], HEIGHT, WIDTH, monkeypatch):
+        plain = generate(pipe, HEIGHT, WIDTH, num_images_per_prompt=2)
+    np.testing.assert_allclose(ours, plain, atol=2e-5, rtol=0)
+    np.testing.assert_array_equal(moved, ours)
+    np.testing.assert_allclose(compiled, ours, atol=1e-5, rtol=0)
