@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import entropy_attn
 
 diffusers = pytest.importorskip("diffusers")
+from diffusers.models.attention_dispatch import _AttentionBackendRegistry  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
 from entropy_attn import tiny, tiny_pipelines  # noqa: E402
@@ -478,3 +479,198 @@ def test_vae_slicing_tiling_device_moves_and_compile(monkeypatch):
     np.testing.assert_allclose(ours, plain, atol=2e-5, rtol=0)
     np.testing.assert_array_equal(moved, ours)
     np.testing.assert_allclose(compiled, ours, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's attention backend
+
+FLUX_TEXT = 8  # text tokens in the FLUX backend tests
+CPU_BACKENDS = ["native", "_native_math", "flex"]
+
+
+def flux_model(seed=0):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return diffusers.FluxTransformer2DModel(**tiny.TINY_FLUX_TRANSFORMER).eval()
+
+
+def flux_inputs(latent_h, latent_w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = latent_h // 2, latent_w // 2  # FLUX packs 2x2 latent pixels per token
+    ids = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1)
+    return dict(
+        hidden_states=torch.randn(1, h * w, 16, generator=g),
+        encoder_hidden_states=torch.randn(1, FLUX_TEXT, 32, generator=g),
+        pooled_projections=torch.randn(1, 32, generator=g),
+        timestep=torch.tensor([0.5]),
+        img_ids=torch.cat([torch.zeros(h * w, 1), ids.reshape(-1, 2).float()], dim=1),
+        txt_ids=torch.zeros(FLUX_TEXT, 3),
+    )
+
+
+def run_flux(model, inputs):
+    with torch.no_grad():
+        return model(**inputs, return_dict=False)[0]
+
+
+def spy_backend(name, monkeypatch) -> list:
+    """Record the ``scale`` each call of diffusers' backend ``name`` receives."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    key = AttentionBackendName(name)
+    original = _AttentionBackendRegistry._backends[key]
+    scales = []
+
+    def spy(*args, **kwargs):
+        scales.append(kwargs.get("scale"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setitem(_AttentionBackendRegistry._backends, key, spy)
+    return scales
+
+
+@pytest.fixture(autouse=True)
+def restore_active_backend(monkeypatch):
+    """set_attention_backend also sets diffusers' process-wide active backend: undo it."""
+    monkeypatch.setattr(
+        _AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend
+    )
+
+
+def flux_with_expected_scale(model, inputs, train_tokens, monkeypatch):
+    """Stock processors, PyTorch SDPA with log_scale(N, T, d) (every FLUX layer is joint or
+    single-stream over image + text tokens)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    assert all(p._attention_backend is None for p in model.attn_processors.values())
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", AttentionBackendName.NATIVE)
+    sdpa = F.scaled_dot_product_attention
+
+    def scaled(query, key, value, *args, scale=None, **kwargs):
+        n, d = key.shape[-2], key.shape[-1]
+        return sdpa(query, key, value, *args, scale=entropy_attn.log_scale(n, train_tokens, d))
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", scaled)
+    try:
+        return run_flux(model, inputs)
+    finally:
+        monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_flux_keeps_the_users_backend_and_passes_it_the_scale(backend, monkeypatch):
+    model = flux_model()
+    model.set_attention_backend(backend)
+    originals = processors_of([model])
+    scales = spy_backend(backend, monkeypatch)
+    train_inputs, other_inputs = flux_inputs(16, 16), flux_inputs(8, 12)
+    stock_train = run_flux(model, train_inputs)
+    handle = entropy_attn.enable(model, text_tokens=FLUX_TEXT, train_size=128)
+    train_tokens = 8 * 8 + FLUX_TEXT  # 2x2-packed 16x16 latent + text
+    assert set(handle.train_tokens.values()) == {train_tokens}
+    scales.clear()
+    ours_train = run_flux(model, train_inputs)
+    assert scales and all(s is None for s in scales)  # 1/sqrt(d): the backend's own default
+    scales.clear()
+    ours = run_flux(model, other_inputs)
+    n_tokens = 4 * 6 + FLUX_TEXT
+    expected = entropy_attn.log_scale(n_tokens, train_tokens, 16)
+    assert len(scales) == 2 and all(s == pytest.approx(expected, rel=1e-12) for s in scales)
+    entropy_attn.disable(model)
+    assert_same_objects(originals, [model])
+    assert all(p._attention_backend == backend for p in model.attn_processors.values())
+    model.reset_attention_backend()
+    plain = flux_with_expected_scale(model, other_inputs, train_tokens, monkeypatch)
+    assert torch.equal(ours_train, stock_train)
+    # Another attention kernel than the reference's SDPA: fp32 rounding apart.
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+    assert (ours - run_flux(model, other_inputs)).abs().max() > 1e-4
+
+
+def test_backend_without_scale_and_recording_fall_back_to_entropy_attn(monkeypatch):
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    model = flux_model()
+    model.set_attention_backend("native")
+    scales = spy_backend("native", monkeypatch)
+    # A backend that takes no scale (as _native_xla): the dispatcher would drop it silently.
+    names = _AttentionBackendRegistry._supported_arg_names
+    key = AttentionBackendName.NATIVE
+    monkeypatch.setitem(names, key, [n for n in names[key] if n != "scale"])
+    with pytest.warns(UserWarning, match="takes no softmax scale"):
+        entropy_attn.enable(model, text_tokens=FLUX_TEXT, train_size=128)
+    other = flux_inputs(8, 12)
+    ours = run_flux(model, other)
+    assert scales == []  # every layer is rescaled at this size: entropy-attn's op ran
+    scales.clear()
+    run_flux(model, flux_inputs(16, 16))
+    assert len(scales) == 2  # at the training size the backend's default scale is right
+    entropy_attn.disable(model)
+    monkeypatch.setitem(names, key, [*names[key], "scale"])
+    # Recording entropy needs entropy-attn's op: the backend is not called then.
+    with entropy_attn.enabled(
+        model, text_tokens=FLUX_TEXT, train_size=128, record_entropy=True
+    ) as handle:
+        scales.clear()
+        recorded = run_flux(model, other)
+        assert scales == [] and len(handle.entropy_rows()) == 2
+    model.reset_attention_backend()
+    plain = flux_with_expected_scale(model, other, 8 * 8 + FLUX_TEXT, monkeypatch)
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_set_attention_backend_after_enable_reaches_entropy_attn(monkeypatch):
+    model = flux_model()
+    scales = spy_backend("_native_math", monkeypatch)
+    with entropy_attn.enabled(model, text_tokens=FLUX_TEXT, train_size=128):
+        model.set_attention_backend("_native_math")
+        run_flux(model, flux_inputs(8, 12))
+        assert len(scales) == 2 and all(s is not None for s in scales)
+        model.reset_attention_backend()
+        scales.clear()
+        run_flux(model, flux_inputs(8, 12))
+        assert scales == []
+
+
+def unet_inputs(unet, height, width):
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, height // 8, width // 8, generator=g)
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    return latents, torch.tensor(500), context
+
+
+@pytest.mark.parametrize("backend", ["sdpa", *CPU_BACKENDS])
+def test_unet_backend_option(backend, monkeypatch):
+    unet = tiny.tiny_sd_pipeline().unet
+    inputs = unet_inputs(unet, HEIGHT, WIDTH)
+    scales = spy_backend(backend, monkeypatch) if backend != "sdpa" else []
+    with torch.no_grad():
+        with entropy_attn.enabled(unet, backend="torch"):
+            torch_path = unet(*inputs).sample
+        with entropy_attn.enabled(unet, backend=backend) as handle:
+            assert all(p.backend == backend for n, p in unet.attn_processors.items() if "attn" in n)
+            ours = unet(*inputs).sample
+        with expected_scale([unet], HEIGHT, WIDTH, monkeypatch):
+            plain = unet(*inputs).sample
+    assert not handle.active
+    if backend == "sdpa":  # on the CPU both are PyTorch SDPA with the same scale
+        assert torch.equal(ours, torch_path)
+    else:  # the chosen backend ran every layer, rescaled ones with their own scale
+        assert len(scales) == len(unet.attn_processors)
+        assert sum(s is not None for s in scales) == len(handle.rescaled_layers)
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_backends_are_refused():
+    unet = tiny.tiny_sd_pipeline().unet
+    with pytest.raises(ValueError, match="diffusers attention backend"):
+        entropy_attn.enable(unet, backend="fastest")
+    from diffusers.models import attention_dispatch
+
+    if not attention_dispatch._CAN_USE_FLASH_ATTN:
+        with pytest.raises(RuntimeError, match="flash-attn"):
+            entropy_attn.enable(unet, backend="flash")
+    assert not any(
+        isinstance(p, entropy_attn.EntropyAttnProcessor) for p in unet.attn_processors.values()
+    )
