@@ -674,3 +674,33 @@ def test_bad_backends_are_refused():
     assert not any(
         isinstance(p, entropy_attn.EntropyAttnProcessor) for p in unet.attn_processors.values()
     )
+
+
+def test_ldm_super_resolution_is_refused_clearly():
+    """Its UNet2DModel has self-attention (AttnDownBlock2D) but no attention processor API."""
+    from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel, VQModel
+
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=6,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    vqvae = VQModel(
+        block_out_channels=(16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=3,
+        norm_num_groups=8,
+    )
+    pipe = LDMSuperResolutionPipeline(vqvae=vqvae, unet=unet, scheduler=DDIMScheduler())
+    assert any(
+        isinstance(m, diffusers.models.attention_processor.Attention) for m in unet.modules()
+    )
+    with pytest.raises(TypeError, match="UNet2DModel"):
+        entropy_attn.enable(pipe)
