@@ -25,7 +25,7 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
-from entropy_attn import tiny, tiny_pipelines  # noqa: E402
+from entropy_attn import pipelines, tiny, tiny_pipelines  # noqa: E402
 
 TRAIN = 128  # px: the tiny pipelines' training size
 HEIGHT, WIDTH = 64, 96  # a non-square size (latent 8x12) against the 128x128 training size
@@ -75,7 +75,7 @@ def expected_scale(models, height, width, monkeypatch):
             hook.remove()
 
 
-def generate(pipe, height, width, steps=1, **inputs):
+def generate(pipe, height, width, steps=2, **inputs):
     return pipe(
         "a red cat",
         height=height,
@@ -131,6 +131,11 @@ def test_controlnet_is_rescaled_with_its_own_t(build, options, monkeypatch):
     inputs = controlnet_inputs(pipe, HEIGHT, WIDTH)
     before = processors_of(models)
     stock = generate(pipe, HEIGHT, WIDTH, **inputs)
+    names = ["controlnet"] if len(nets) == 1 else [f"controlnet.nets.{i}" for i in range(len(nets))]
+    assert [(n, m) for n, m in pipelines.denoisers(pipe)] == [
+        ("unet", pipe.unet),
+        *zip(names, nets, strict=True),
+    ]
     handle = entropy_attn.enable(pipe)
     assert len(handle.controlnet_handles) == len(nets)
     for net, net_handle in zip(nets, handle.controlnet_handles, strict=True):
@@ -161,9 +166,16 @@ def test_controlnet_training_size_is_stock_bit_for_bit(build, options):
     inputs = controlnet_inputs(pipe, TRAIN, TRAIN)
     before = processors_of(models)
     stock = generate(pipe, TRAIN, TRAIN, **inputs)
-    with entropy_attn.enabled(pipe) as handle:
+    with entropy_attn.enabled(pipe, record_entropy=True) as handle:
         assert all(h.active for h in handle.controlnet_handles)
         ours = generate(pipe, TRAIN, TRAIN, **inputs)
+        # Each ControlNet records its own layers, one step per call (here one step, guidance
+        # batched), with N == T at the training size.
+        for net_handle in handle.controlnet_handles:
+            rows = net_handle.entropy_rows()
+            assert {r["layer"] for r in rows} == set(net_handle.original_processors)
+            assert {r["step"] for r in rows} == {0}
+            assert all(r["n_tokens"] == r["train_tokens"] for r in rows if r["kind"] == "self")
     np.testing.assert_array_equal(ours, stock)
     assert_same_objects(before, models)  # the context manager's handle.disable() undid both
 
@@ -232,7 +244,7 @@ def generate_from_image(pipe, height, width):
         # The SDXL img2img pipeline takes its size from the image.
         return pipe(
             "a red cat",
-            num_inference_steps=1,
+            num_inference_steps=2,
             generator=torch.Generator().manual_seed(0),
             output_type="np",
             **inputs,
