@@ -169,12 +169,12 @@ def test_controlnet_training_size_is_stock_bit_for_bit(build, options):
     with entropy_attn.enabled(pipe, record_entropy=True) as handle:
         assert all(h.active for h in handle.controlnet_handles)
         ours = generate(pipe, TRAIN, TRAIN, **inputs)
-        # Each ControlNet records its own layers, one step per call (here one step, guidance
-        # batched), with N == T at the training size.
+        # Each ControlNet records its own layers, one step per call (two denoising steps,
+        # guidance batched), with N == T at the training size.
         for net_handle in handle.controlnet_handles:
             rows = net_handle.entropy_rows()
             assert {r["layer"] for r in rows} == set(net_handle.original_processors)
-            assert {r["step"] for r in rows} == {0}
+            assert {r["step"] for r in rows} == {0, 1}
             assert all(r["n_tokens"] == r["train_tokens"] for r in rows if r["kind"] == "self")
     np.testing.assert_array_equal(ours, stock)
     assert_same_objects(before, models)  # the context manager's handle.disable() undid both
