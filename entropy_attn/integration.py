@@ -604,7 +604,8 @@ def _install(plan: _Plan, judged: dict, recorder, backend: str) -> EntropyAttnHa
     if plan.unreached:
         warnings.warn(
             f"entropy-attn leaves {len(plan.unreached)} attention layer(s) that do not run in the "
-            f"{type(denoiser).__name__}'s forward unchanged, e.g. {plan.unreached[0]!r}",
+            f"denoiser's forward unchanged ({type(denoiser).__name__}), e.g. "
+            f"{plan.unreached[0]!r}",
             stacklevel=3,
         )
     modules = attention_modules(denoiser)
