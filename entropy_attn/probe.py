@@ -190,6 +190,10 @@ def _probe(cls_name: str, config_json: str, height: int, width: int, text_tokens
 
     for name, module in attention_modules(model).items():
         module.register_forward_pre_hook(record(name), with_kwargs=True)
+        if hasattr(module.processor, "_attention_backend"):
+            # Not diffusers' process-wide active backend, which set_attention_backend sets (flex,
+            # flash, ... cannot run on meta tensors): PyTorch SDPA, which can.
+            module.processor._attention_backend = "native"
     with torch.no_grad():
         model(**_INPUT_BUILDERS[cls_name](config, height, width, text_tokens))
     return seen

@@ -639,6 +639,18 @@ def test_flux_keeps_the_users_backend_and_passes_it_the_scale(backend, monkeypat
     assert (ours - run_flux(model, other_inputs)).abs().max() > 1e-4
 
 
+def test_token_probe_ignores_the_process_wide_backend():
+    # set_attention_backend("flex") also makes flex diffusers' process-wide backend; the token
+    # probe's meta-device run must not use it (flex refuses meta tensors).
+    from entropy_attn import probe
+
+    model = flux_model()
+    model.set_attention_backend("flex")
+    probe._probe.cache_clear()
+    with entropy_attn.enabled(model, text_tokens=FLUX_TEXT, train_size=128) as handle:
+        assert set(handle.train_tokens.values()) == {8 * 8 + FLUX_TEXT}
+
+
 def test_backend_without_scale_and_recording_fall_back_to_entropy_attn(monkeypatch):
     from diffusers.models.attention_dispatch import AttentionBackendName
 
@@ -651,6 +663,7 @@ def test_backend_without_scale_and_recording_fall_back_to_entropy_attn(monkeypat
     monkeypatch.setitem(names, key, [n for n in names[key] if n != "scale"])
     with pytest.warns(UserWarning, match="takes no softmax scale"):
         entropy_attn.enable(model, text_tokens=FLUX_TEXT, train_size=128)
+    scales.clear()  # the token probe's meta run (when not cached) calls the native backend
     other = flux_inputs(8, 12)
     ours = run_flux(model, other)
     assert scales == []  # every layer is rescaled at this size: entropy-attn's op ran
