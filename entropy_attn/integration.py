@@ -21,10 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .pipelines import controlnet_train_size, controlnets_of, enabled_models
 from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
 from .processors import (
+    OWN_BACKENDS,
     EntropyAttnProcessor,
+    backend_accepts_scale,
     base_scale_of,
+    check_backend,
     head_dim_of,
     kind_of,
     layer_scale,
@@ -265,18 +269,20 @@ def _check_plan(plan: _Plan, processors: dict) -> None:
             "the denoiser runs context parallelism (enable_parallelism): entropy-attn's "
             "processors attend over local keys only and would be wrong; not supported"
         )
-    chosen = {
-        name: getattr(processors[name], "_attention_backend", None)
-        for name, ok in plan.replace.items()
-        if ok and getattr(processors[name], "_attention_backend", None) is not None
-    }
-    if chosen:
-        name, backend = next(iter(chosen.items()))
-        raise ValueError(
-            f"layer {name!r} uses the attention backend {backend!r} chosen with "
-            "set_attention_backend; entropy-attn replaces the attention call and would drop it. "
-            "Call reset_attention_backend() first."
-        )
+    _warn_backends_without_scale(plan, processors)
+
+
+def _warn_backends_without_scale(plan: _Plan, processors: dict) -> None:
+    """A backend chosen with set_attention_backend is kept; say where it cannot take the scale."""
+    for name, ok in plan.replace.items():
+        backend = getattr(processors[name], "_attention_backend", None)
+        if ok and plan.rescale[name] and backend is not None and not backend_accepts_scale(backend):
+            warnings.warn(
+                f"layer {name!r} uses the attention backend {backend!r}, which takes no softmax "
+                "scale: where the scale differs from 1/sqrt(d) it runs entropy-attn's op instead",
+                stacklevel=5,
+            )
+            return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +343,11 @@ class EntropyAttnHandle:
         previous: qualified layer name -> the processor it replaced (possibly an earlier
             enable call's).
         train_latent_size: ``(height, width)`` of the training latent used for ``T``.
-        recorder: the :class:`~entropy_attn.recording.EntropyRecorder`, or ``None``.
+        recorder: the :class:`~entropy_attn.recording.EntropyRecorder`, or ``None`` (each
+            ControlNet records into its own, on its handle).
+        controlnet_handles: the handles the same call pushed on the pipeline's ControlNets
+            (``()`` without ControlNets or with ``controlnet=False``); :meth:`disable` undoes
+            them too.
     """
 
     def __init__(self, denoiser, installed, previous, plan, recorder, hook):
@@ -360,6 +370,8 @@ class EntropyAttnHandle:
         if state is None or self not in state.handles:
             return dict(self.previous)
         return {name: state.underlying(name, p) for name, p in self.previous.items()}
+
+    controlnet_handles: tuple[EntropyAttnHandle, ...] = ()  # set by enable
 
     @property
     def active(self) -> bool:
@@ -397,7 +409,10 @@ class EntropyAttnHandle:
         A layer that still holds this call's processor gets back the processor it replaced; a
         layer whose processor the user has changed since keeps the user's; a later enable call
         still in force that covered this one's processors will restore what this one replaced.
+        The ControlNet handles of this call (:attr:`controlnet_handles`) are undone too.
         """
+        for handle in self.controlnet_handles:
+            handle.disable()
         state = _DenoiserState.of(self.denoiser)
         if state is None or self not in state.handles:
             return
@@ -463,6 +478,7 @@ def enable(
     record_last_steps: int | None = None,
     backend: str = "auto",
     text_tokens: int | None = None,
+    controlnet: bool = True,
 ) -> EntropyAttnHandle:
     """Install entropy-attn processors on a pipeline's denoiser (or on a bare UNet).
 
@@ -488,11 +504,21 @@ def enable(
             one running mean per layer and call shape (memory bounded however long the run).
         record_last_steps: with ``record_entropy=True``, keep the rows of the last this many
             steps only.
-        backend: passed to :func:`entropy_attn.attention` (``"auto"``, ``"triton"``, ``"torch"``).
+        backend: ``"auto"`` keeps an attention backend chosen with diffusers'
+            ``set_attention_backend`` (FLUX processors: FA3, cuDNN, Sage, ...) and passes it the
+            scale, elsewhere the fused kernel on CUDA and PyTorch otherwise; ``"triton"`` or
+            ``"torch"`` (see :func:`entropy_attn.attention`); ``"sdpa"``: PyTorch SDPA with the
+            scale (PyTorch picks flash, cuDNN, ...); or a diffusers backend name (``"native"``,
+            ``"flash"``, ``"_flash_3"``, ``"sage"``, ...) for every layer. A diffusers backend that
+            takes no scale, and any layer while entropy is recorded, runs entropy-attn's op.
         text_tokens: text sequence length assumed when counting tokens at the training size;
             default per model family: 77 for UNets (CLIP, LDMBert), 333 for SD3 (77 CLIP + 256
             T5), 512 for FLUX, 120 for PixArt-alpha and 300 for PixArt-Sigma. It matters for
             joint attention, where text tokens are keys too.
+        controlnet: also patch the pipeline's ControlNet(s) (``pipe.controlnet``, each net of a
+            ``MultiControlNetModel``), with ``T`` counted on each ControlNet's own architecture
+            at the same training size; ``layers`` gets each model's own layer names. Their
+            handles are ``handle.controlnet_handles``; ``disable`` restores them too.
 
     Returns:
         An :class:`EntropyAttnHandle`. Enable calls on one denoiser stack: a new call judges the
@@ -505,55 +531,81 @@ def enable(
         ValueError: a selected layer has a processor entropy-attn does not reproduce (for example
             an IP-Adapter processor), which it would otherwise drop (leave it out with
             ``exclude=``); ``exclude`` names a layer the denoiser does not have; a selected
-            layer sees one key at the training size; the denoiser runs context parallelism or
-            a layer uses an attention backend chosen with ``set_attention_backend``. Nothing is
-            changed when ``enable`` raises.
+            layer sees one key at the training size; the denoiser runs context parallelism;
+            ``backend`` is unknown, or a diffusers backend whose package is missing; a
+            ControlNet of a class entropy-attn cannot count tokens for (``controlnet=False``
+            leaves it stock). Nothing is changed when ``enable`` raises (the denoiser and every
+            ControlNet are judged first).
 
     Attention modules that do not run in the denoiser's forward (an IP-Adapter Plus image
     projection, say) have no training token count; they are left as they are, with a warning.
     """
-    recorder = _recorder_for(record_entropy, record_last_steps)
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    return _enable_denoiser(
-        pipe,
-        find_denoiser(pipe),
-        recorder,
-        layers=layers,
-        exclude=exclude,
-        train_size=train_size,
-        vae_scale_factor=vae_scale_factor,
-        backend=backend,
-        text_tokens=text_tokens,
-    )
+    _recorder_for(record_entropy, record_last_steps)  # validated before anything changes
+    check_backend(backend)
+    if not isinstance(controlnet, bool):
+        raise TypeError(f"controlnet must be a bool, got {type(controlnet).__name__}")
+    denoiser = find_denoiser(pipe)
+    nets = [net for _, net in controlnets_of(pipe)] if controlnet else []
+    models = [denoiser, *nets]
+    sizes = [train_size]
+    if nets:
+        sizes += [controlnet_train_size(pipe, denoiser, train_size, vae_scale_factor)] * len(nets)
+    # Judge every model first (what is installed now, through entropy-attn's own processors),
+    # so that a refusal on any of them changes nothing. (Loops, not comprehensions: warnings'
+    # stacklevel counts frames.)
+    plans = []
+    for model, size, model_exclude in zip(
+        models, sizes, _split_exclusion(exclude, models), strict=True
+    ):
+        plans.append(
+            _judge(pipe, model, layers, model_exclude, size, vae_scale_factor, text_tokens)
+        )
+    handles = []
+    for plan, processors in plans:
+        recorder = _recorder_for(record_entropy, record_last_steps)  # one per model
+        handles.append(_install(plan, processors, recorder, backend))
+    handles[0].controlnet_handles = tuple(handles[1:])
+    return handles[0]
 
 
-def _enable_denoiser(
-    pipe,
-    denoiser: torch.nn.Module,
-    recorder: EntropyRecorder | None,
-    *,
-    layers,
-    exclude,
-    train_size,
-    vae_scale_factor,
-    backend: str,
-    text_tokens,
-    count_steps: bool = True,
-) -> EntropyAttnHandle:
-    """:func:`enable` on one denoiser of ``pipe`` (options already validated): one handle, pushed
-    on that denoiser's stack. ``count_steps``: the denoiser's forward starts a recorder step
-    (a recorder shared by several denoisers of one pipeline wants one of them to do it)."""
-    state = _DenoiserState.of(denoiser)
-    # Judge what is installed now (through entropy-attn's own processors), and fail before
-    # changing anything.
-    judged = _judged_processors(denoiser, state)
-    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, judged, exclude, denoiser)
+def _split_exclusion(exclude: LayerExclusion, models: list) -> list[LayerExclusion]:
+    """``exclude`` for each model: a callable or ``None`` as it is; layer names go to the
+    models that have them (a name none of them has is refused)."""
+    if exclude is None or callable(exclude) or len(models) == 1:
+        return [exclude] * len(models)
+    names = [set(attention_modules(model)) for model in models]
+    everything = set().union(*names)
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    try:
+        excluded = list(exclude)
+    except TypeError:
+        return [exclude] * len(models)  # refused by _exclusion, naming the type
+    unknown = [n for n in excluded if not isinstance(n, str) or n not in everything]
+    return [
+        [n for n in excluded if isinstance(n, str) and n in own] + (unknown if i == 0 else [])
+        for i, own in enumerate(names)
+    ]
+
+
+def _judge(pipe, model, layers, exclude, train_size, vae_scale_factor, text_tokens):
+    """The plan for one model of ``pipe`` and the processors it judged; refuses what it would
+    get wrong or drop. Changes nothing."""
+    judged = _judged_processors(model, _DenoiserState.of(model))
+    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, judged, exclude, model)
     _check_plan(plan, judged)
+    return plan, judged
+
+
+def _install(plan: _Plan, judged: dict, recorder, backend: str) -> EntropyAttnHandle:
+    """Install a judged plan on its model: one handle, pushed on that model's stack (its forward
+    starts a step of ``recorder``)."""
+    denoiser = plan.denoiser
     if plan.unreached:
         warnings.warn(
             f"entropy-attn leaves {len(plan.unreached)} attention layer(s) that do not run in the "
-            f"denoiser's forward unchanged, e.g. {plan.unreached[0]!r}",
+            f"denoiser's forward unchanged ({type(denoiser).__name__}), e.g. "
+            f"{plan.unreached[0]!r}",
             stacklevel=3,
         )
     modules = attention_modules(denoiser)
@@ -569,27 +621,36 @@ def _enable_denoiser(
             rescale=plan.rescale[name],
             backend=backend,
             recorder=recorder,
+            attention_backend=_attention_backend_for(module.processor, backend),
         )
         previous[name] = module.processor
         installed[name] = processor
         module.set_processor(processor)
-    hook = None
-    if recorder is not None and count_steps:
-        hook = denoiser.register_forward_pre_hook(recorder.next_step)
+    hook = None if recorder is None else denoiser.register_forward_pre_hook(recorder.next_step)
     handle = EntropyAttnHandle(denoiser, installed, previous, plan, recorder, hook)
     _DenoiserState.of(denoiser, create=True).handles.append(handle)
     return handle
 
 
+def _attention_backend_for(processor, backend: str):
+    """The diffusers backend a replacement processor calls: the one named in ``enable``, else,
+    for ``backend="auto"``, the one the user chose with ``set_attention_backend``."""
+    if backend not in OWN_BACKENDS:
+        return backend
+    return getattr(processor, "_attention_backend", None) if backend == "auto" else None
+
+
 def disable(pipe) -> None:
-    """Undo every :func:`enable` call in force on the pipeline's denoiser, newest first: each
+    """Undo every :func:`enable` call in force on the pipeline's denoiser and ControlNets,
+    newest first: each
     layer that still holds an entropy-attn processor gets back the very processor object it had
     before entropy-attn first touched it; layers the user changed since keep the user's.
     Harmless if never enabled."""
-    state = _DenoiserState.of(find_denoiser(pipe))
-    if state is not None:
-        for handle in reversed(list(state.handles)):
-            handle.disable()
+    for model in enabled_models(pipe):
+        state = _DenoiserState.of(model)
+        if state is not None:
+            for handle in reversed(list(state.handles)):
+                handle.disable()
 
 
 @contextlib.contextmanager

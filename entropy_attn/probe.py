@@ -119,8 +119,22 @@ def _pixart_inputs(config, height: int, width: int, text_tokens: int) -> dict:
     }
 
 
+def _controlnet_inputs(config, height: int, width: int, text_tokens: int) -> dict:
+    # A ControlNet takes the UNet's inputs plus its condition image in pixels: its condition
+    # embedding halves the size once per entry of conditioning_embedding_out_channels after the
+    # first (8x for the default (16, 32, 96, 256)), back to the latent size.
+    channels = config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)
+    factor = 2 ** (len(channels) - 1)
+    inputs = _unet_inputs(config, height, width, text_tokens)
+    inputs["controlnet_cond"] = torch.empty(
+        1, config.get("conditioning_channels", 3), height * factor, width * factor, device="meta"
+    )
+    return inputs
+
+
 _INPUT_BUILDERS = {
     "UNet2DConditionModel": _unet_inputs,
+    "ControlNetModel": _controlnet_inputs,
     "SD3Transformer2DModel": _sd3_inputs,
     "FluxTransformer2DModel": _flux_inputs,
     "PixArtTransformer2DModel": _pixart_inputs,
@@ -128,6 +142,7 @@ _INPUT_BUILDERS = {
 # Text tokens each family's pipelines feed the denoiser by default.
 _TEXT_TOKENS = {
     "UNet2DConditionModel": 77,  # CLIP / LDMBert
+    "ControlNetModel": 77,  # the UNet's text encoder
     "SD3Transformer2DModel": 333,  # 77 CLIP + 256 T5 (max_sequence_length)
     "FluxTransformer2DModel": 512,  # T5, FLUX.1-dev's max_sequence_length
     "PixArtTransformer2DModel": 120,  # PixArt-alpha; PixArt-Sigma pipelines use 300
@@ -175,6 +190,10 @@ def _probe(cls_name: str, config_json: str, height: int, width: int, text_tokens
 
     for name, module in attention_modules(model).items():
         module.register_forward_pre_hook(record(name), with_kwargs=True)
+        if hasattr(module.processor, "_attention_backend"):
+            # Not diffusers' process-wide active backend, which set_attention_backend sets (flex,
+            # flash, ... cannot run on meta tensors): PyTorch SDPA, which can.
+            module.processor._attention_backend = "native"
     with torch.no_grad():
         model(**_INPUT_BUILDERS[cls_name](config, height, width, text_tokens))
     return seen

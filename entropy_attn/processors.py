@@ -70,6 +70,12 @@ def kind_of(attn) -> str:
     return "self"
 
 
+def _call_scale(scale: float, head_dim: int) -> float | None:
+    """The scale to pass on: SDPA's own default, passed as ``None``, keeps stock numerics bit for
+    bit."""
+    return None if scale == head_dim**-0.5 else scale
+
+
 def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -85,12 +91,16 @@ class _EntropyAttnBase:
         rescale: bool,
         backend: str = "auto",
         recorder: EntropyRecorder | None = None,
+        attention_backend: str | None = None,
     ) -> None:
         self.name = name
         self.train_tokens = int(train_tokens)
         self.rescale = bool(rescale)
         self.backend = backend
         self.recorder = recorder
+        # diffusers' own attribute name, so that set_attention_backend / reset_attention_backend
+        # reach this processor as they reach the stock one it replaces.
+        self._attention_backend = attention_backend
 
     @classmethod
     def replacing(cls, stock, name: str, **options) -> _EntropyAttnBase:
@@ -108,10 +118,10 @@ class _EntropyAttnBase:
         Returns ``out``, or ``(out, entropy)`` when ``return_entropy`` (only asked for calls
         without a mask and without autograd, where the fused kernel gives the entropy for free).
         """
-        # SDPA's own default scale, passed as None, keeps stock numerics bit for bit.
-        call_scale = None if scale == query.shape[-1] ** -0.5 else scale
+        call_scale = _call_scale(scale, query.shape[-1])
         if attention_mask is None:
-            return dispatch(query, key, value, call_scale, return_entropy, self.backend)
+            backend = op_backend(self.backend, return_entropy)
+            return dispatch(query, key, value, call_scale, return_entropy, backend)
         return attention_reference(query, key, value, call_scale, attn_mask=attention_mask)
 
     def attend(self, attn, query, key, value, attention_mask=None) -> torch.Tensor:
@@ -131,6 +141,12 @@ class _EntropyAttnBase:
         n_tokens = key.shape[2]
         scale = self.scale_for(attn, n_tokens)
         record = self.recorder is not None
+        call_scale = _call_scale(scale, head_dim)
+        if not record and takes_scale(self._attention_backend, call_scale):
+            # The user's diffusers backend (set_attention_backend, or enable(backend=<name>)).
+            return dispatch_diffusers(
+                query, key, value, attention_mask, call_scale, self._attention_backend
+            )
         # The fused entropy only where it cannot build an autograd graph: a recorded scalar must
         # never keep a graph (and the activations it saves) alive.
         fused_entropy = record and attention_mask is None and not _needs_grad(query, key)
@@ -140,7 +156,6 @@ class _EntropyAttnBase:
         if fused_entropy:
             out, entropy = out
         else:
-            call_scale = None if scale == head_dim**-0.5 else scale
             with torch.no_grad():
                 entropy = attention_entropy(query, key, call_scale, attn_mask=attention_mask)
         self.recorder.add(
@@ -161,6 +176,79 @@ class _EntropyAttnBase:
             f"{type(self).__name__}({self.name!r}, train_tokens={self.train_tokens}, "
             f"rescale={self.rescale}, backend={self.backend!r})"
         )
+
+
+# entropy-attn's own backends: "sdpa" is PyTorch SDPA with the scale (PyTorch picks flash, cuDNN,
+# memory-efficient or math), except when entropy is recorded, which needs the entropy-attn op.
+OWN_BACKENDS = ("auto", "triton", "torch", "sdpa")
+
+
+def op_backend(backend: str, record: bool) -> str:
+    """The :func:`entropy_attn.ops.dispatch` backend for an ``enable(..., backend=)`` choice."""
+    if backend == "sdpa":
+        return "auto" if record else "torch"
+    return backend
+
+
+def diffusers_backend_names() -> list[str]:
+    """The attention backends of diffusers' dispatcher (``set_attention_backend`` names)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return [member.value for member in AttentionBackendName]
+
+
+def check_backend(backend) -> None:
+    """Refuse a backend that is neither entropy-attn's own nor a usable diffusers one."""
+    if backend in OWN_BACKENDS:
+        return
+    try:
+        names = diffusers_backend_names()
+    except ImportError:
+        names = []
+    if not isinstance(backend, str) or backend not in names:
+        raise ValueError(
+            f"backend must be one of {OWN_BACKENDS} or a diffusers attention backend "
+            f"({', '.join(names) or 'needs diffusers'}), got {backend!r}"
+        )
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _check_attention_backend_requirements,
+    )
+
+    _check_attention_backend_requirements(AttentionBackendName(backend))
+
+
+def backend_accepts_scale(attention_backend) -> bool:
+    """Whether a diffusers attention backend takes a softmax ``scale`` argument (its dispatcher
+    silently drops arguments a backend does not list; ``_native_xla`` has no scale)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    name = AttentionBackendName(attention_backend)
+    return "scale" in _AttentionBackendRegistry._supported_arg_names.get(name, ())
+
+
+def takes_scale(attention_backend, scale: float | None) -> bool:
+    """Whether a call goes to the user's diffusers backend: one is chosen and it can apply
+    ``scale`` (``None``, the default ``1/sqrt(d)``, every backend applies)."""
+    if attention_backend is None:
+        return False
+    return scale is None or backend_accepts_scale(attention_backend)
+
+
+def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backend):
+    """``(B, H, L, D)`` attention through diffusers' ``dispatch_attention_fn`` (which takes
+    ``(B, L, H, D)``) on the chosen backend, with ``scale`` passed to it."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    out = dispatch_attention_fn(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        attn_mask=attention_mask,
+        scale=scale,
+        backend=attention_backend,
+    )
+    return out.transpose(1, 2)
 
 
 class EntropyAttnProcessor(_EntropyAttnBase):
@@ -301,7 +389,8 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
         return hidden_states / attn.rescale_output_factor
 
     def attention(self, attn, query, key, value, scale, attention_mask, return_entropy):
-        if attention_mask is None and _resolve_backend(self.backend, query, key, value) == "triton":
+        backend = op_backend(self.backend, return_entropy)
+        if attention_mask is None and _resolve_backend(backend, query, key, value) == "triton":
             return super().attention(attn, query, key, value, scale, None, return_entropy)
         batch_heads = query.shape[0] * query.shape[1]
         flat = [t.reshape(batch_heads, *t.shape[2:]) for t in (query, key, value)]
@@ -324,8 +413,8 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
         out = out.view(query.shape)
         if not return_entropy:
             return out
-        call_scale = None if scale == query.shape[-1] ** -0.5 else scale
-        return out, attention_entropy(query, key, call_scale).to(torch.float32)
+        entropy = attention_entropy(query, key, _call_scale(scale, query.shape[-1]))
+        return out, entropy.to(torch.float32)
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, slice_size={self.slice_size})"
@@ -486,6 +575,7 @@ def replacement_for(processor) -> type[_EntropyAttnBase] | None:
 
 
 __all__ = [
+    "OWN_BACKENDS",
     "REPLACEMENTS",
     "EntropyAttnProcessor",
     "EntropyClassicAttnProcessor",

@@ -275,10 +275,10 @@ def test_dit_pipelines(builder, options, train_tokens, text_len, monkeypatch):
 
 
 def test_chosen_attention_backend_is_not_dropped():
+    # Kept on entropy-attn's processors, which pass it the scale (tests/test_pipelines.py).
     model = tiny_flux()
     model.set_attention_backend("native")
-    with pytest.raises(ValueError, match="set_attention_backend"):
-        entropy_attn.enable(model, text_tokens=TEXT, train_size=128)
-    model.reset_attention_backend()
     with entropy_attn.enabled(model, text_tokens=TEXT, train_size=128) as handle:
         assert len(handle.rescaled_layers) == 3
+        assert {p._attention_backend for p in model.attn_processors.values()} == {"native"}
+    model.reset_attention_backend()
