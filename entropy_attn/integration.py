@@ -106,6 +106,11 @@ def pixel_size(size, what: str = "size") -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+# Latent tokens one attention layer may see in the token probe: far beyond any real image, and small
+# enough that the probe's (batch, L, L) scores on the meta device keep a representable size.
+_MAX_LATENT_TOKENS = 2**30
+
+
 def _pixels_to_latent(size, factor: int, what: str) -> tuple[int, int]:
     height, width = pixel_size(size, what)
     if height % factor or width % factor:
@@ -113,7 +118,14 @@ def _pixels_to_latent(size, factor: int, what: str) -> tuple[int, int]:
             f"{what} {(height, width)} must be a multiple of the VAE scale factor {factor} "
             "(pixels per latent pixel)"
         )
-    return height // factor, width // factor
+    latent = (height // factor, width // factor)
+    if latent[0] * latent[1] > _MAX_LATENT_TOKENS:
+        raise ValueError(
+            f"{what} {(height, width)} gives a {latent[0]}x{latent[1]} latent, "
+            f"{latent[0] * latent[1]} tokens: more than the {_MAX_LATENT_TOKENS} (2**30) the token "
+            "probe can count (its L x L attention scores would overflow a tensor's size)"
+        )
+    return latent
 
 
 # Denoisers whose config has no sample_size: the training latent their pipelines default to.

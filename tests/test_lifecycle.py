@@ -336,3 +336,16 @@ def test_issue14_exclude_hint_keeps_self_attention_only():
         entropy_attn.enable(pipe, exclude=["down_blocks.0.attn1", SELF_LAYER])
     with pytest.raises(TypeError, match="exclude must be"):
         entropy_attn.enable(pipe, exclude=3)
+
+
+def test_item10_huge_train_size_is_a_named_error():
+    """#10 item 10: ``train_size=2**20`` raised PyTorch's storage-size RuntimeError from the token
+    probe; now a ValueError naming ``train_size`` (and ``size`` for the layer table), before
+    anything is changed."""
+    pipe = tiny_sd_pipeline()
+    before = dict(pipe.unet.attn_processors)
+    with pytest.raises(ValueError, match=r"train_size \(1048576, 1048576\) gives a 131072x131072"):
+        entropy_attn.enable(pipe, train_size=2**20)
+    assert pipe.unet.attn_processors == before
+    with pytest.raises(ValueError, match=r"^size .* tokens: more than the 1073741824"):
+        entropy_attn.layer_table(pipe, size=(2**18 + 8, 2**18))
