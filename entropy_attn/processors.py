@@ -251,6 +251,49 @@ def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backe
     return out.transpose(1, 2)
 
 
+def _project(attn, hidden_states, encoder_hidden_states, temb):
+    """The input half shared by diffusers' ``AttnProcessor2_0`` and ``AttnProcessor``: spatial and
+    group norms, a 4-D image flattened to tokens, and the q/k/v projections.
+
+    Returns ``(residual, image_shape, query, key, value)``; ``image_shape`` is the 4-D input's
+    ``(batch, channels, height, width)``, or ``None`` for token input.
+    """
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    image_shape = None
+    if hidden_states.ndim == 4:
+        image_shape = hidden_states.shape
+        batch_size, channel, height, width = image_shape
+        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    return (
+        residual,
+        image_shape,
+        query,
+        attn.to_k(encoder_hidden_states),
+        attn.to_v(encoder_hidden_states),
+    )
+
+
+def _output(attn, hidden_states, residual, image_shape):
+    """The output half shared by both processors: out projection, dropout, the 4-D image shape
+    back, the residual and ``rescale_output_factor``."""
+    hidden_states = attn.to_out[0](hidden_states)
+    hidden_states = attn.to_out[1](hidden_states)
+    if image_shape is not None:
+        hidden_states = hidden_states.transpose(-1, -2).reshape(image_shape)
+    if attn.residual_connection:
+        hidden_states = hidden_states + residual
+    return hidden_states / attn.rescale_output_factor
+
+
 class EntropyAttnProcessor(_EntropyAttnBase):
     """diffusers' ``AttnProcessor2_0`` with the entropy-preserving scale."""
 
@@ -262,16 +305,10 @@ class EntropyAttnProcessor(_EntropyAttnBase):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        residual, image_shape, query, key, value = _project(
+            attn, hidden_states, encoder_hidden_states, temb
         )
+        batch_size, sequence_length = key.shape[:2]
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(
                 attention_mask, sequence_length, batch_size
@@ -279,16 +316,6 @@ class EntropyAttnProcessor(_EntropyAttnBase):
             attention_mask = attention_mask.view(
                 batch_size, attn.heads, -1, attention_mask.shape[-1]
             )
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
         head_dim = key.shape[-1] // attn.heads
         # (B, L, H, D) views in SDPA's (B, H, L, D) order: the kernel takes the strides as they are.
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
@@ -302,15 +329,7 @@ class EntropyAttnProcessor(_EntropyAttnBase):
         hidden_states = self.attend(attn, query, key, value, attention_mask)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(
-                batch_size, channel, height, width
-            )
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return _output(attn, hidden_states, residual, image_shape)
 
 
 class EntropyClassicAttnProcessor(_EntropyAttnBase):
@@ -344,27 +363,11 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        residual, image_shape, query, key, value = _project(
+            attn, hidden_states, encoder_hidden_states, temb
         )
+        batch_size, sequence_length = key.shape[:2]
         attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
 
         def heads_first(tensor):
             # The stock (batch * heads, L, D) tensor, seen as (batch, heads, L, D): same memory.
@@ -378,15 +381,7 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
             )
         hidden_states = self.attend(attn, query, key, value, attention_mask)
         hidden_states = attn.batch_to_head_dim(hidden_states.reshape(-1, *query.shape[2:]))
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(
-                batch_size, channel, height, width
-            )
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return _output(attn, hidden_states, residual, image_shape)
 
     def attention(self, attn, query, key, value, scale, attention_mask, return_entropy):
         backend = op_backend(self.backend, return_entropy)
