@@ -68,12 +68,15 @@ class LayerInfo:
 def find_denoiser(pipe) -> torch.nn.Module:
     """The denoiser of a pipeline (``pipe.unet``), or the model itself if given a model."""
     if isinstance(pipe, torch.nn.Module):
-        if not hasattr(unwrap(pipe), "attn_processors"):
+        model = unwrap(pipe)
+        # UNet2DModel (LDM super-resolution, unconditional DDPM/LDM) has diffusers Attention
+        # modules but no attn_processors API: its layers are found and set one by one.
+        if not hasattr(model, "attn_processors") and not attention_modules(model):
             raise TypeError(
-                f"pipe must be a diffusers pipeline or denoiser with attention processors, got "
+                f"pipe must be a diffusers pipeline or denoiser with attention layers, got "
                 f"{type(pipe).__name__}"
             )
-        return unwrap(pipe)
+        return model
     for attr in ("unet", "transformer"):
         model = getattr(pipe, attr, None)
         if isinstance(model, torch.nn.Module):
@@ -90,7 +93,19 @@ def _vae_scale_factor(pipe, override: int | None) -> int:
             raise ValueError(f"vae_scale_factor must be a positive int, got {override!r}")
         return override
     factor = getattr(pipe, "vae_scale_factor", None)
-    return int(factor) if isinstance(factor, int) and factor >= 1 else 8
+    if isinstance(factor, int) and factor >= 1:
+        return int(factor)
+    # Pipelines that set no vae_scale_factor (LDMSuperResolutionPipeline): the autoencoder halves
+    # the size once per block after the first, as diffusers' pipelines compute it.
+    for component in ("vae", "vqvae"):
+        config = getattr(getattr(pipe, component, None), "config", None)
+        channels = getattr(config, "block_out_channels", None)
+        if channels:
+            return 2 ** (len(channels) - 1)
+    pixel_space = not isinstance(pipe, torch.nn.Module) and hasattr(pipe, "components")
+    if pixel_space and all(getattr(pipe, c, None) is None for c in ("vae", "vqvae")):
+        return 1  # a pipeline with no autoencoder runs in pixel space (DDPMPipeline)
+    return 8
 
 
 def pixel_size(size, what: str = "size") -> tuple[int, int]:

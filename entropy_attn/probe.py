@@ -79,6 +79,18 @@ def _unet_inputs(config, height: int, width: int, text_tokens: int) -> dict:
     return inputs
 
 
+def _unet2d_inputs(config, height: int, width: int, text_tokens: int) -> dict:
+    # UNet2DModel: no text; self-attention only (LDM super-resolution, unconditional DDPM/LDM).
+    meta = {"device": "meta"}
+    inputs = {
+        "sample": torch.empty(1, config["in_channels"], height, width, **meta),
+        "timestep": torch.ones(1, **meta),
+    }
+    if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
+        inputs["class_labels"] = torch.zeros(1, dtype=torch.long, **meta)
+    return inputs
+
+
 def _sd3_inputs(config, height: int, width: int, text_tokens: int) -> dict:
     meta = {"device": "meta"}
     return {
@@ -134,6 +146,7 @@ def _controlnet_inputs(config, height: int, width: int, text_tokens: int) -> dic
 
 _INPUT_BUILDERS = {
     "UNet2DConditionModel": _unet_inputs,
+    "UNet2DModel": _unet2d_inputs,
     "ControlNetModel": _controlnet_inputs,
     "SD3Transformer2DModel": _sd3_inputs,
     "FluxTransformer2DModel": _flux_inputs,

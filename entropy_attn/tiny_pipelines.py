@@ -1,4 +1,5 @@
-"""More small pipelines with random weights, built offline: ControlNet, img2img, inpainting.
+"""More small pipelines with random weights, built offline: ControlNet, img2img, inpainting,
+the SDXL refiner.
 
 They reuse the components of :mod:`entropy_attn.tiny` (same UNet, VAE, text encoders and
 tokenizers, 128 px training size) under the other pipeline classes users generate with.
@@ -82,6 +83,27 @@ def tiny_sdxl_img2img_pipeline(seed: int = 0):
     return pipe
 
 
+def tiny_sdxl_refiner_pipeline(seed: int = 0):
+    """A ``StableDiffusionXLImg2ImgPipeline`` shaped like the SDXL refiner: only the second
+    text encoder (its hidden states are the cross-attention context), and 5 conditioning ids
+    (original size, crop, aesthetic score) in the UNet's added embedding."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    components = tiny_sdxl_pipeline(seed).components
+    config = dict(
+        components["unet"].config,
+        cross_attention_dim=32,  # text_encoder_2's hidden size alone
+        projection_class_embeddings_input_dim=32 + 5 * 8,  # pooled text + 5 ids
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(config).eval()
+    components.update(unet=unet, text_encoder=None, tokenizer=None)
+    pipe = StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_sd_inpaint_pipeline(seed: int = 0):
     """A ``StableDiffusionInpaintPipeline`` whose UNet takes 9 channels (latent, mask, masked
     image latent), as SD inpainting checkpoints do."""
@@ -104,4 +126,5 @@ __all__ = [
     "tiny_sd_inpaint_pipeline",
     "tiny_sdxl_controlnet_pipeline",
     "tiny_sdxl_img2img_pipeline",
+    "tiny_sdxl_refiner_pipeline",
 ]

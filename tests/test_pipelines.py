@@ -40,12 +40,13 @@ def train_tokens_by_n(height: int, width: int) -> dict[int, int]:
 
 
 @contextlib.contextmanager
-def expected_scale(models, height, width, monkeypatch):
+def expected_scale(models, height, width, monkeypatch, train=None):
     """While any of ``models`` runs, SDPA self-attention calls use log_scale(N, T, d).
 
-    Yields the list of (N, scale) it applied, to check that the patched models did run.
+    ``train`` maps N -> T (default: the tiny UNet's, :func:`train_tokens_by_n`). Yields the list
+    of (N, scale) it applied, to check that the patched models did run.
     """
-    train = train_tokens_by_n(height, width)
+    train = train_tokens_by_n(height, width) if train is None else train
     sdpa = F.scaled_dot_product_attention
     running, applied = [], []
 
@@ -298,6 +299,7 @@ def generate_from_image(pipe, height, width):
         pytest.param(tiny_pipelines.tiny_sd_img2img_pipeline, id="sd-img2img"),
         pytest.param(tiny_pipelines.tiny_sd_inpaint_pipeline, id="sd-inpaint-9ch"),
         pytest.param(tiny_pipelines.tiny_sdxl_img2img_pipeline, id="sdxl-img2img"),
+        pytest.param(tiny_pipelines.tiny_sdxl_refiner_pipeline, id="sdxl-refiner-5-ids"),
     ],
 )
 def test_image_to_image_and_inpainting(build, monkeypatch):
@@ -741,10 +743,13 @@ def test_bad_backends_are_refused():
     )
 
 
-def test_ldm_super_resolution_is_refused_clearly():
-    """Its UNet2DModel has self-attention (AttnDownBlock2D) but no attention processor API."""
+def tiny_super_resolution_pipeline():
+    """LDM 4x super-resolution in miniature: a UNet2DModel on [noise | low-res image] (6
+    channels) with self-attention one level down (AttnDownBlock2D, mid, AttnUpBlock2D), trained
+    at a 16x16 latent (8x8 = 64 tokens there); a VQ autoencoder that doubles the size."""
     from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel, VQModel
 
+    torch.manual_seed(0)
     unet = UNet2DModel(
         sample_size=16,
         in_channels=6,
@@ -763,9 +768,86 @@ def test_ldm_super_resolution_is_refused_clearly():
         latent_channels=3,
         norm_num_groups=8,
     )
-    pipe = LDMSuperResolutionPipeline(vqvae=vqvae, unet=unet, scheduler=DDIMScheduler())
-    assert any(
-        isinstance(m, diffusers.models.attention_processor.Attention) for m in unet.modules()
-    )
-    with pytest.raises(TypeError, match="UNet2DModel"):
-        entropy_attn.enable(pipe)
+    with torch.no_grad():  # sharper attention than random init, so the scale shows in the image
+        for module in entropy_attn.probe.attention_modules(unet).values():
+            module.to_q.weight.mul_(6.0)
+            module.to_k.weight.mul_(6.0)
+    pipe = LDMSuperResolutionPipeline(vqvae=vqvae, unet=unet.eval(), scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def upscale(pipe, height, width):
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return pipe(
+        image=image,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+
+
+def test_ldm_super_resolution(monkeypatch):
+    """UNet2DModel has self-attention but no attn_processors API: its layers are set one by one.
+    T comes from its config (16x16 latent -> 64 tokens one level down); sizes are output pixels
+    (the VQ autoencoder's factor, 2 here, 4 for the real 4x model). Off size: a 16x24 low-res
+    image (output 32x48), 8x12 = 96 tokens one level down."""
+    pipe = tiny_super_resolution_pipeline()
+    unet = pipe.unet
+    assert not hasattr(unet, "attn_processors")
+    modules = entropy_attn.probe.attention_modules(unet)
+    before = {name: module.processor for name, module in modules.items()}
+    stock_train, stock_off = upscale(pipe, 16, 16), upscale(pipe, 16, 24)
+    with expected_scale([unet], 32, 48, monkeypatch, train={8 * 12: 64}) as applied:
+        reference = upscale(pipe, 16, 24)
+    assert applied and {n for n, _ in applied} == {96}
+
+    with entropy_attn.enabled(pipe) as handle:
+        assert handle.train_latent_size == (16, 16)
+        assert set(handle.installed) == set(modules)
+        rows = entropy_attn.layer_table(pipe, (32, 48))
+        assert {(r.train_tokens, r.n_tokens) for r in rows} == {(64, 96)}
+        assert all(r.scale == pytest.approx(entropy_attn.log_scale(96, 64, 8)) for r in rows)
+        np.testing.assert_array_equal(upscale(pipe, 16, 16), stock_train)  # N == T: stock
+        out = upscale(pipe, 16, 24)
+    assert out.shape == (1, 32, 48, 3)
+    np.testing.assert_allclose(out, reference, atol=2e-6)
+    assert np.abs(out - stock_off).max() > 1e-4  # the scale changed the picture
+    assert all(modules[name].processor is before[name] for name in modules)
+    np.testing.assert_array_equal(upscale(pipe, 16, 24), stock_off)
+
+    with entropy_attn.enabled(pipe, train_size=(16, 16)) as handle:  # output pixels: latent 8x8
+        assert handle.train_latent_size == (8, 8)
+
+
+def test_pixel_space_ddpm_pipeline():
+    """A pipeline with no autoencoder works in pixels: T and N count pixels (factor 1)."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+    ).eval()
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10))
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        generator = torch.Generator().manual_seed(0)
+        return pipe(batch_size=1, generator=generator, num_inference_steps=2, output_type="np")
+
+    stock = run().images
+    with entropy_attn.enabled(pipe) as handle:
+        assert handle.train_latent_size == (16, 16)
+        rows = entropy_attn.layer_table(pipe, (16, 24))
+        assert {(r.train_tokens, r.n_tokens) for r in rows} == {(64, 96)}
+        np.testing.assert_array_equal(run().images, stock)  # 16x16 pixels: N == T
+    with pytest.raises(ValueError, match="train_size"):
+        entropy_attn.enable(pipe, train_size=(16, 16), vae_scale_factor=3)
