@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -172,14 +171,13 @@ def test_demo_grid_writes_png(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("ENTROPY_ATTN_SLOW") != "1",
-    reason="trains for ~10 min on 2 CPU cores: set ENTROPY_ATTN_SLOW=1 (marker: slow)",
-)
 def test_training_reduced_run_learns(tmp_path):
+    """The shipped recipe cut to 150 steps (~1 min on 2 cores; the shipped run is 3000): the
+    loss falls and a third of the digits at the training size are already recognisable."""
     from entropy_attn.zoo.train import train
 
     pipe, log = train("digits-unet", steps=150, out=tmp_path, progress=False)
+    assert log["steps"] == 150 and (tmp_path / "train_log.json").is_file()
     curve = log["loss_curve"]
     assert curve[-1]["loss"] < 0.6 * curve[0]["loss"]
     pipe.set_progress_bar_config(disable=True)

@@ -64,13 +64,14 @@ def dit_config() -> dict:
     }
 
 
-def build_denoiser(kind: str, seed: int = 0) -> torch.nn.Module:
-    """A freshly initialised ``"unet"`` or ``"dit"`` denoiser (seeded)."""
+def build_denoiser(kind: str, seed: int = 0, config: dict | None = None) -> torch.nn.Module:
+    """A freshly initialised ``"unet"`` or ``"dit"`` denoiser (seeded); ``config`` overrides
+    entries of :func:`unet_config` / :func:`dit_config` (design studies)."""
     torch.manual_seed(seed)
     if kind == "unet":
-        return UNet2DConditionModel(**unet_config())
+        return UNet2DConditionModel(**(unet_config() | (config or {})))
     if kind == "dit":
-        return PixArtTransformer2DModel(**dit_config())
+        return PixArtTransformer2DModel(**(dit_config() | (config or {})))
     raise ValueError(f"kind must be 'unet' or 'dit', got {kind!r}")
 
 

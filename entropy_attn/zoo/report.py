@@ -29,6 +29,19 @@ def random_init_pipeline(name: str, seed: int = 0):
     return DigitsDiTPipeline(transformer=build_denoiser("dit", seed), scheduler=sample_scheduler())
 
 
+def _lr_schedule(log: dict) -> str:
+    warmup = f"linear warm-up {log['warmup']} steps"
+    if log.get("schedule", "constant") == "cosine":
+        return f"{warmup}, then cosine decay to 0 at step {log['steps_requested']}"
+    return f"{warmup}, then constant"
+
+
+def _stopped(log: dict) -> str:
+    if log["steps"] < log["steps_requested"]:
+        return f"; the run stopped at its {log['minutes_limit']}-minute limit"
+    return ""
+
+
 def write_model_card(name: str, docs: str | Path = "docs/zoo") -> Path:
     """``weights/<name>/README.md`` from ``train_log.json`` and the committed quality table."""
     folder = weights_folder(name)
@@ -50,18 +63,16 @@ def write_model_card(name: str, docs: str | Path = "docs/zoo") -> Path:
         "",
         f"- data: {log['data']}",
         f"- objective: {log['objective']}; sampling: DDIM (clip_sample), 10 steps in the tables",
-        f"- AdamW lr {log['lr']} (linear warm-up {log['warmup']} steps), "
-        f"batch {log['batch_size']}, "
+        f"- AdamW lr {log['lr']} ({_lr_schedule(log)}), batch {log['batch_size']}, "
         f"grad-norm clip 1, EMA {log['ema_decay']} (the EMA weights are shipped)",
         f"- seed {log['seed']}; {log['steps']} steps in {log['seconds'] / 60:.1f} min wall time "
-        f"({log['threads']} torch thread on a 2-core CPU shared with other jobs; the run "
-        "stopped at "
-        f"its {log['minutes_limit']}-minute limit), torch {log['torch']}",
+        f"({log['threads']} torch thread{'s' if log['threads'] > 1 else ''} on a 2-core CPU"
+        f"{_stopped(log)}), torch {log['torch']}",
         f"- loss (mean of {log['loss_curve'][0]['step']} steps): first {curve[0]['loss']:.4f}, "
         f"last {curve[-1]['loss']:.4f}",
-        f"- reproduce: `python -m entropy_attn.zoo.train --model {name} --steps {log['steps']} "
-        "--out DIR` (same seed and step count; bit-for-bit only on the same torch build and "
-        "thread count)",
+        f"- reproduce: `python -m entropy_attn.zoo.train --model {name} "
+        f"--steps {log['steps_requested']} --threads {log['threads']} --out DIR` (same seed, "
+        "schedule and step count; bit-for-bit only on the same torch build and thread count)",
         "",
         "## Metrics",
         "",

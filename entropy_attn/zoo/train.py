@@ -3,10 +3,11 @@
     python -m entropy_attn.zoo.train --model digits-unet --minutes 25 --steps 6000 --out DIR
 
 DDPM objective (epsilon prediction, 1000 cosine steps) on all 1,797 ``load_digits`` images
-at their native 8x8 in [-1, 1], AdamW, linear warm-up, EMA of the weights (the EMA weights are
-saved). Training stops at ``--steps`` or after ``--minutes`` of wall time, whichever comes
-first; the step count reached is recorded, and rerunning with that ``--steps`` (and no time
-limit) repeats the run step for step on the same machine and thread count.
+at their native 8x8 in [-1, 1], AdamW, linear warm-up then cosine decay to 0 at ``--steps``,
+EMA of the weights (the EMA weights are saved). Training stops at ``--steps`` or after
+``--minutes`` of wall time, whichever comes first (a time-limited run stops part-way down the
+cosine); the step count reached is recorded, and rerunning with that ``--steps`` and
+``--schedule`` repeats the run step for step on the same machine and thread count.
 
 Output: ``DIR`` holds a ``save_pretrained`` pipeline folder (fp16 weights) and
 ``train_log.json`` (recipe, seed, steps, wall time, loss curve).
@@ -35,6 +36,15 @@ from .models import (
 )
 
 MODEL_KINDS = {"digits-unet": "unet", "digits-dit": "dit"}
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate(step: int, *, lr: float, warmup: int, steps: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0 at ``steps``."""
+    factor = min(1.0, (step + 1) / warmup)
+    if schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    return lr * factor
 
 
 def train(
@@ -48,6 +58,8 @@ def train(
     lr: float = 2e-3,
     warmup: int = 50,
     ema_decay: float = 0.995,
+    schedule: str = "cosine",
+    config: dict | None = None,
     threads: int | None = 1,
     log_every: int = 50,
     progress: bool = True,
@@ -55,7 +67,8 @@ def train(
     """Train ``"digits-unet"`` or ``"digits-dit"``; returns ``(pipeline, log)``.
 
     The pipeline holds the EMA weights in float32; with ``out`` it is also saved there in fp16
-    together with ``train_log.json``.
+    together with ``train_log.json``. ``config`` overrides entries of the model's config (design
+    studies; the shipped models use none).
     """
     if model not in MODEL_KINDS:
         raise ValueError(f"model must be one of {sorted(MODEL_KINDS)}, got {model!r}")
@@ -63,15 +76,17 @@ def train(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if minutes is not None and not minutes > 0:
         raise ValueError(f"minutes must be positive or None, got {minutes!r}")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if threads is not None:
         torch.set_num_threads(threads)
     kind = MODEL_KINDS[model]
     images, labels = load_digits()
     data = to_model_range(images, (TRAIN_SIZE, TRAIN_SIZE))
-    denoiser = build_denoiser(kind, seed)
+    denoiser = build_denoiser(kind, seed, config)
     ema = copy.deepcopy(denoiser).requires_grad_(False)
-    schedule = train_scheduler()
-    alphas = schedule.alphas_cumprod.float()
+    noise_schedule = train_scheduler()
+    alphas = noise_schedule.alphas_cumprod.float()
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     start = time.monotonic()
@@ -90,12 +105,12 @@ def train(
         x0, y = data[index], labels[index]
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(
-            0, schedule.config.num_train_timesteps, (batch_size,), generator=generator
+            0, noise_schedule.config.num_train_timesteps, (batch_size,), generator=generator
         )
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup)
+            group["lr"] = learning_rate(step, lr=lr, warmup=warmup, steps=steps, schedule=schedule)
         loss = torch.nn.functional.mse_loss(run_denoiser(denoiser, xt, t, y), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,6 +153,8 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "warmup": warmup,
+        "schedule": schedule,
+        "config_overrides": config or {},
         "ema_decay": ema_decay,
         "parameters": sum(p.numel() for p in ema.parameters()),
         "data": "sklearn load_digits: all 1797 images at their native 8x8, 0..16 -> [-1, 1]",
@@ -171,6 +188,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--schedule",
+        choices=LR_SCHEDULES,
+        default="cosine",
+        help="learning rate after warm-up (cosine: decays to 0 at --steps)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     _, log = train(
@@ -181,6 +204,7 @@ def main(argv=None) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         lr=args.lr,
+        schedule=args.schedule,
         threads=args.threads,
     )
     last = log["loss_curve"][-1]["loss"] if log["loss_curve"] else math.nan
