@@ -208,11 +208,15 @@ def digits_unet():
     return zoo.load_pipeline("digits-unet")
 
 
-def test_demo_default_is_the_trained_digits_grid(tmp_path, capsys, digits_unet):
+def test_demo_default_is_the_trained_digits_grid(tmp_path, capsys, digits_unet, monkeypatch):
     from entropy_attn import zoo
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    threads = torch.get_num_threads()
     code, out, err = run(["demo", "--steps", "1", "--out", tmp_path / "cli"], capsys)
     assert code == 0, err
+    assert torch.get_num_threads() == threads  # one thread while sampling, then restored
     lines = out.splitlines()
     assert lines[0] == f"writing to {(tmp_path / 'cli').resolve()}/"  # before it starts
     assert lines[1].startswith("model digits-unet: trained on scikit-learn's 8x8")
@@ -223,7 +227,11 @@ def test_demo_default_is_the_trained_digits_grid(tmp_path, capsys, digits_unet):
     bars = [c for c in err.replace("\r", "\n").splitlines() if c.startswith("demo:")]
     assert bars and "100%" in bars[-1] and "10/10" in bars[-1]
     # The very picture zoo.demo_grid draws (the progress hook leaves the outputs alone).
-    reference = zoo.demo_grid("digits-unet", tmp_path / "ref", steps=1, pipe=digits_unet)
+    torch.set_num_threads(1)  # as the command samples (unless OMP_NUM_THREADS is set)
+    try:
+        reference = zoo.demo_grid("digits-unet", tmp_path / "ref", steps=1, pipe=digits_unet)
+    finally:
+        torch.set_num_threads(threads)
     got = np.asarray(png(tmp_path / "cli" / "demo-digits-unet.png"))
     assert np.array_equal(got, np.asarray(png(reference)))
     assert not digits_unet.unet._forward_hooks
@@ -241,7 +249,8 @@ def test_demo_default_is_the_trained_digits_grid(tmp_path, capsys, digits_unet):
             "--model 'digits-unet' takes class labels (digits 0-9), not prompts: `entropy-attn "
             "generate` needs a text-to-image model",
         ),
-        (["entropy", "--model", "digits-dit"], "`entropy-attn entropy` needs a text-to-image"),
+        (["entropy", "--model", "digits-dit", "--random-weights"], "needs a shipped architecture"),
+        (["entropy", "--model", "digits-unet", "--sizes", "6x9"], "digits-unet needs even"),
         (["eval", "--model", "digits-unet", "--prompts", "p.txt"], "--prompts: --model"),
         (["eval", "--model", "digits-dit", "--metrics", "--n", "3"], "--metrics, --n: --model"),
         (["eval", "--model", "digits-unet", "--n-per-cell", "1"], "--n-per-cell must be >= 2"),
@@ -260,6 +269,46 @@ def test_digits_models_refuse_prompt_options_before_loading(
     assert code == 2 and pattern in err, err
     assert "Traceback" not in err and "tried to load" not in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_entropy_digits_writes_trained_and_random_init_curves(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    argv = ["entropy", "--model", "digits-unet", "--sizes", "8", "16", "--steps", "1",
+            "--out", tmp_path]  # fmt: skip
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "then the same architecture at random initialisation" in out.splitlines()[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{kind}-digits-unet{suffix}.{ext}"
+        for suffix in ("", "-random-init")
+        for kind, ext in (("attention", "csv"), ("fig5", "png"), ("fig6", "png"))
+    )
+    for suffix in ("", "-random-init"):
+        rows = [r for r in read_csv(tmp_path / f"attention-digits-unet{suffix}.csv")]
+        entropy = {
+            (r["height"], r["method"], r["layer"]): float(r["entropy"])
+            for r in rows
+            if r["kind"] == "self"
+        }
+        layers = {layer for _, _, layer in entropy}
+        assert len(layers) == 7  # 2 + 1 + 2 + 2 self-attention layers
+        for layer in layers:  # N == T at 8x8: the stock scale; at 16x16 a larger one
+            assert entropy[("8", "stock", layer)] == entropy[("8", "entropy-attn", layer)]
+            assert entropy[("16", "entropy-attn", layer)] < entropy[("16", "stock", layer)]
+        ratios = [float(r["entropy_over_ln_n"]) for r in rows if r["kind"] == "self"]
+        if suffix:  # random weights attend almost uniformly; the trained model does not
+            assert min(ratios) > 0.97
+        else:
+            assert min(ratios) < 0.9
+
+
+def test_entropy_digits_refuses_prompts(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    argv = ["entropy", "--model", "digits-dit", "--prompts", prompts, "--out", tmp_path / "o"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "--prompts: --model 'digits-dit' takes class labels" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_eval_digits_writes_the_quality_table(tmp_path, capsys):

@@ -37,6 +37,7 @@ from .models import (
     model_dtype,
     model_help,
     require_prompts,
+    takes_labels,
 )
 from .output import ENTROPY_COLUMNS, format_table, write_csv
 
@@ -113,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         if prompts is not None:
             raise CLIError("--prompts needs a pipeline; --random-weights runs the bare UNet")
     check_model_name(spec)
+    if takes_labels(spec):
+        return run_digits(args, spec, given_sizes)
     require_prompts(spec, "entropy")
     device = resolve_device(args.device)
     if args.random_weights:
@@ -205,4 +208,80 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(f"{seconds:.1f} s; wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+DIGITS_SIZES = ((4, 4), (8, 8), (12, 12), (16, 16))  # (height, width): 0.5x to 2x of 8x8
+
+
+def run_digits(args: argparse.Namespace, spec: str, sizes) -> int:
+    """Figs. 5-6 for a trained digits model, next to the same architecture at random
+    initialisation (:func:`entropy_attn.zoo.attention.attention_study`): entropy, entropy / ln N
+    and logit variance per layer while sampling digits 0-9."""
+    if args.prompts is not None:
+        raise CLIError(f"--prompts: --model {spec!r} takes class labels (digits 0-9), not prompts")
+    sizes = sizes or list(DIGITS_SIZES)
+    if spec == "digits-unet":
+        for height, width in sizes:
+            if height % 2 or width % 2:
+                raise CLIError(
+                    f"--sizes {width}x{height}: digits-unet needs even width and height (it "
+                    "halves the image once)"
+                )
+    device = resolve_device(args.device)
+    dtype = model_dtype(spec, args.dtype, device)
+    check_sizes(spec, sizes, "--sizes", dtype=dtype, device=device, force=args.force)
+    steps = args.steps or 10
+    check_out(args.out)
+    require(PLOT_MODULES)
+    from ..zoo.attention import attention_study
+    from ..zoo.report import random_init_pipeline
+
+    pipe = load_pipeline(spec, device=device, dtype=dtype)
+    out = make_out(args.out)
+    announce_out(out)
+    print(
+        f"model {spec}: training size {format_size(pipe.train_size)}; sizes "
+        f"{', '.join(format_size(s) for s in sizes)}; digits 0-9 x 2, DDIM {steps} steps, seed "
+        f"{args.seed}; then the same architecture at random initialisation (2 steps)",
+        flush=True,
+    )
+    start = time.perf_counter()
+    summary = []
+    for label, model, model_steps in progress(
+        [(spec, pipe, steps), (f"{spec}-random-init", random_init_pipeline(spec, args.seed), 2)],
+        desc="entropy",
+        total=2,
+    ):
+        model.to(device=device, dtype=dtype)
+        rows = attention_study(
+            model, spec, out, sizes=sizes, steps=model_steps, seed=args.seed, label=label
+        )
+        for size in sizes:
+            for method in METHODS:
+                chosen = [
+                    r
+                    for r in rows
+                    if (r["height"], r["width"]) == size
+                    and r["method"] == method
+                    and r["kind"] == "self"
+                ]
+                summary.append(
+                    {
+                        "model": label,
+                        "size": format_size(size),
+                        "method": method,
+                        "entropy": sum(r["entropy"] for r in chosen) / len(chosen),
+                        "entropy / ln N": sum(r["entropy_over_ln_n"] for r in chosen) / len(chosen),
+                    }
+                )
+    seconds = time.perf_counter() - start
+    print("\nMean self-attention entropy (nats) and entropy / ln N per size:")
+    print(format_table(summary, list(summary[0]), "text"))
+    names = [
+        f"{kind}-{label}.{ext}"
+        for label in (spec, f"{spec}-random-init")
+        for kind, ext in (("attention", "csv"), ("fig5", "png"), ("fig6", "png"))
+    ]
+    print(f"{seconds:.1f} s; wrote {', '.join(str(out / n) for n in names)}")
     return 0
