@@ -160,8 +160,8 @@ def require_prompts(spec: str, command: str) -> None:
             f"--model {spec!r} takes class labels (digits 0-9), not prompts: `entropy-attn "
             f"{command}` needs a text-to-image model ({', '.join(builtin_names())}, a shipped "
             f"architecture, a Hugging Face id or a pipeline folder). For {spec} run "
-            f"`entropy-attn demo --model {spec}` or `entropy-attn eval --model {spec}` (or "
-            "`entropy-attn layers`)."
+            f"`entropy-attn demo --model {spec}`, `entropy-attn eval --model {spec}` or "
+            f"`entropy-attn entropy --model {spec}` (or `entropy-attn layers`)."
         )
 
 
@@ -173,8 +173,8 @@ def model_help(default: str | None = None) -> str:
     """``--model`` help text listing every registered name."""
     text = (
         f"built in (no download): {', '.join(builtin_names())} (random weights), "
-        f"{', '.join(label_names())} (trained on 8x8 digits, class labels: demo, eval, layers); "
-        "shipped architectures (weights "
+        f"{', '.join(label_names())} (trained on 8x8 digits, class labels: demo, eval, "
+        "entropy, layers); shipped architectures (weights "
         f"from their Hugging Face id): {', '.join(shipped_names())}; or a Hugging Face id "
         "(org/name) or a local pipeline folder"
     )
