@@ -172,16 +172,17 @@ def test_demo_grid_writes_png(tmp_path):
 
 @pytest.mark.slow
 def test_training_reduced_run_learns(tmp_path):
-    """The shipped recipe cut to 150 steps (~1 min on 2 cores; the shipped run is 3000): the
-    loss falls and a third of the digits at the training size are already recognisable."""
+    """The shipped recipe cut to 300 steps (~2 min on one core; the shipped run is 3000, 99.0%):
+    the loss falls and most digits at the training size are already recognisable (85% with
+    this seed on the development machine; 10% is chance)."""
     from entropy_attn.zoo.train import train
 
-    pipe, log = train("digits-unet", steps=150, out=tmp_path, progress=False)
-    assert log["steps"] == 150 and (tmp_path / "train_log.json").is_file()
+    pipe, log = train("digits-unet", steps=300, out=tmp_path, progress=False)
+    assert log["steps"] == 300 and (tmp_path / "train_log.json").is_file()
     curve = log["loss_curve"]
     assert curve[-1]["loss"] < 0.6 * curve[0]["loss"]
     pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(100) % 10
     images = pipe(labels, num_inference_steps=10, generator=torch.Generator().manual_seed(0))
     predicted, _ = metrics.classify(images)
-    assert (predicted == labels.numpy()).mean() > 0.3
+    assert (predicted == labels.numpy()).mean() > 0.6
