@@ -96,15 +96,22 @@ def _vae_scale_factor(pipe, override: int | None) -> int:
     if isinstance(factor, int) and factor >= 1:
         return int(factor)
     # Pipelines that set no vae_scale_factor (LDMSuperResolutionPipeline): the autoencoder halves
-    # the size once per block after the first, as diffusers' pipelines compute it.
-    for component in ("vae", "vqvae"):
-        config = getattr(getattr(pipe, component, None), "config", None)
+    # the size once per block after the first, as diffusers' pipelines compute it. "vae" and
+    # "vqvae" first, then any component that looks like an autoencoder (Kandinsky's "movq").
+    components = getattr(pipe, "components", None)
+    if isinstance(pipe, torch.nn.Module) or not isinstance(components, dict):
+        return 8
+    named = [components.get("vae"), components.get("vqvae"), *components.values()]
+    for component in named:
+        config = getattr(component, "config", None)
         channels = getattr(config, "block_out_channels", None)
-        if channels:
+        if channels and getattr(config, "latent_channels", None):
             return 2 ** (len(channels) - 1)
-    pixel_space = not isinstance(pipe, torch.nn.Module) and hasattr(pipe, "components")
-    if pixel_space and all(getattr(pipe, c, None) is None for c in ("vae", "vqvae")):
-        return 1  # a pipeline with no autoencoder runs in pixel space (DDPMPipeline)
+    if not any(
+        isinstance(getattr(c, "config", None), dict) and "latent_channels" in c.config
+        for c in components.values()
+    ):
+        return 1  # no autoencoder: the pipeline runs in pixel space (DDPMPipeline)
     return 8
 
 
