@@ -96,8 +96,8 @@ def demo_grid(
             if col == 0:
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle(
-        f"{name}: digits 0-9, DDIM {steps} steps, seed {seed}, same noise per column"
-        + ("" if positions == "interpolate" else f", positions={positions}"),
+        f"{name}: digits 0-9, DDIM {steps} steps, seed {seed}, same noise per column, "
+        "sizes height x width" + ("" if positions == "interpolate" else f", positions={positions}"),
         fontsize=10,
     )
     out_dir = Path(out_dir)

@@ -298,7 +298,7 @@ def write_results(
         "Frechet: on the SVC's 45 decision values vs held-out real digits put through the same "
         "resize. Real: held-out real digits resized to the size and classified the same way.",
         "",
-        "| size | positions | method | accuracy [95% CI] | McNemar b/c, p | >=2 blobs | "
+        "| size (h x w) | positions | method | accuracy [95% CI] | McNemar b/c, p | >=2 blobs | "
         "Frechet | real acc | real >=2 blobs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
