@@ -107,12 +107,12 @@ def _vae_scale_factor(pipe, override: int | None) -> int:
         channels = getattr(config, "block_out_channels", None)
         if channels and getattr(config, "latent_channels", None):
             return 2 ** (len(channels) - 1)
-    if not any(
+    autoencoder = any(name in components for name in ("vae", "vqvae", "movq")) or any(
         isinstance(getattr(c, "config", None), dict) and "latent_channels" in c.config
         for c in components.values()
-    ):
-        return 1  # no autoencoder: the pipeline runs in pixel space (DDPMPipeline)
-    return 8
+    )
+    # No autoencoder at all (not even one set to None): pixel space (DDPMPipeline).
+    return 8 if autoencoder else 1
 
 
 def pixel_size(size, what: str = "size") -> tuple[int, int]:

@@ -820,8 +820,8 @@ def test_ldm_super_resolution(monkeypatch):
         assert handle.train_latent_size == (8, 8)
 
 
-def test_pixel_space_ddpm_pipeline():
-    """A pipeline with no autoencoder works in pixels: T and N count pixels (factor 1)."""
+def tiny_ddpm_pipeline():
+    """A pixel-space DDPMPipeline: UNet2DModel with self-attention one level down."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
@@ -838,6 +838,12 @@ def test_pixel_space_ddpm_pipeline():
     ).eval()
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10))
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_pixel_space_ddpm_pipeline():
+    """A pipeline with no autoencoder works in pixels: T and N count pixels (factor 1)."""
+    pipe = tiny_ddpm_pipeline()
 
     def run():
         generator = torch.Generator().manual_seed(0)
@@ -851,3 +857,16 @@ def test_pixel_space_ddpm_pipeline():
         np.testing.assert_array_equal(run().images, stock)  # 16x16 pixels: N == T
     with pytest.raises(ValueError, match="train_size"):
         entropy_attn.enable(pipe, train_size=(16, 16), vae_scale_factor=3)
+
+
+def test_vae_factor_of_pipelines_without_the_attribute():
+    """From the autoencoder's blocks; a latent pipeline whose autoencoder is None keeps the
+    default 8 rather than being taken for pixel space."""
+    from entropy_attn.integration import _vae_scale_factor
+
+    sr = tiny_super_resolution_pipeline()
+    assert not hasattr(sr, "vae_scale_factor") and _vae_scale_factor(sr, None) == 2
+    assert _vae_scale_factor(tiny_ddpm_pipeline(), None) == 1
+    sr.register_modules(vqvae=None)
+    assert _vae_scale_factor(sr, None) == 8
+    assert _vae_scale_factor(sr.unet, None) == 8  # a bare model: the documented default

@@ -177,7 +177,9 @@ def test_training_reduced_run_learns(tmp_path):
     this seed on the development machine; 10% is chance)."""
     from entropy_attn.zoo.train import train
 
+    threads = torch.get_num_threads()
     pipe, log = train("digits-unet", steps=300, out=tmp_path, progress=False)
+    assert torch.get_num_threads() == threads and log["threads"] == 1  # trained on 1, restored
     assert log["steps"] == 300 and (tmp_path / "train_log.json").is_file()
     curve = log["loss_curve"]
     assert curve[-1]["loss"] < 0.6 * curve[0]["loss"]

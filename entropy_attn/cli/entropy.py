@@ -10,6 +10,7 @@ import torch
 from .. import analysis, configs, evaluation
 from .._quiet import quiet_library_logs
 from ..evaluation import METHODS, format_size
+from ..integration import _vae_scale_factor
 from .common import (
     DEFAULT_PROMPT,
     DIFFUSERS_MODULES,
@@ -94,7 +95,7 @@ def _load(args, spec: str, device: torch.device, dtype: torch.dtype, prompts):
         )
         return model, configs.vae_scale_factor(spec), args.steps or 1, prompts
     model = load_pipeline(spec, device=device, dtype=dtype)
-    factor = int(getattr(model, "vae_scale_factor", 8))
+    factor = _vae_scale_factor(model, None)
     steps = default_steps(spec, args.steps, entropy=True)
     return model, factor, steps, prompts or [DEFAULT_PROMPT]
 
@@ -218,8 +219,12 @@ def run_digits(args: argparse.Namespace, spec: str, sizes) -> int:
     """Figs. 5-6 for a trained digits model, next to the same architecture at random
     initialisation (:func:`entropy_attn.zoo.attention.attention_study`): entropy, entropy / ln N
     and logit variance per layer while sampling digits 0-9."""
-    if args.prompts is not None:
-        raise CLIError(f"--prompts: --model {spec!r} takes class labels (digits 0-9), not prompts")
+    given = [o for o, v in (("--prompts", args.prompts), ("--guidance-scale", args.guidance_scale))
+             if v is not None]  # fmt: skip
+    if given:
+        raise CLIError(
+            f"{' and '.join(given)}: --model {spec!r} takes class labels (digits 0-9), not prompts"
+        )
     sizes = sizes or list(DIGITS_SIZES)
     if spec == "digits-unet":
         for height, width in sizes:
@@ -253,19 +258,23 @@ def run_digits(args: argparse.Namespace, spec: str, sizes) -> int:
         desc="entropy",
         total=2,
     ):
-        model.to(device=device, dtype=dtype)
+        with quiet_library_logs():
+            model.to(device=device, dtype=dtype)
         rows = attention_study(
             model, spec, out, sizes=sizes, steps=model_steps, seed=args.seed, label=label
         )
         for size in sizes:
             for method in METHODS:
-                chosen = [
+                chosen = [  # layers seeing one key (N = 1, ln N = 0) have no ratio
                     r
                     for r in rows
                     if (r["height"], r["width"]) == size
                     and r["method"] == method
                     and r["kind"] == "self"
+                    and r["entropy_over_ln_n"] is not None
                 ]
+                if not chosen:
+                    continue
                 summary.append(
                     {
                         "model": label,

@@ -292,7 +292,9 @@ def check_sizes(
         config = known_vae_config(spec_or_pipe)
         channels = vae_channels(config) if config else None
     else:
-        factor = int(getattr(spec_or_pipe, "vae_scale_factor", 8))
+        from ..integration import _vae_scale_factor
+
+        factor = _vae_scale_factor(spec_or_pipe, None)
         channels = vae_channels(spec_or_pipe)
     check_multiple(sizes, factor, option)
     check_memory(sizes, channels, dtype=dtype, device=device, force=force, option=option)
@@ -388,13 +390,16 @@ def _config_denoiser(location: str):
             break
     else:
         raise CLIError(f"--model {location!r}: model_index.json names no unet or transformer")
-    factor = 8
-    for component in ("vae", "vqvae"):
+    # As entropy_attn's _vae_scale_factor: the autoencoder's halvings; a pipeline that names no
+    # autoencoder (DDPM) runs in pixel space.
+    factor = 8 if any(c in index for c in ("vae", "vqvae", "movq")) else 1
+    for component in ("vae", "vqvae", "movq"):
         entry = index.get(component)
-        if isinstance(entry, list | tuple) and len(entry) == 2:
+        if isinstance(entry, list | tuple) and len(entry) == 2 and entry[1]:
             vae_config = getattr(diffusers, entry[1]).load_config(location, subfolder=component)
-            factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-            break
+            if vae_config.get("block_out_channels"):
+                factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+                break
     return denoiser.eval(), factor
 
 

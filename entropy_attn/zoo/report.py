@@ -36,6 +36,17 @@ def _lr_schedule(log: dict) -> str:
     return f"{warmup}, then constant"
 
 
+def _reproduce_command(name: str, log: dict) -> str:
+    command = (
+        f"python -m entropy_attn.zoo.train --model {name} --steps {log['steps_requested']} "
+        f"--seed {log['seed']} --lr {log['lr']} --batch-size {log['batch_size']} "
+        f"--schedule {log.get('schedule', 'constant')} --threads {log['threads']}"
+    )
+    if log["steps"] < log["steps_requested"]:  # stopped by the clock: not repeatable by steps
+        command += f" --minutes {log['minutes_limit']}"
+    return command + " --out DIR"
+
+
 def _stopped(log: dict) -> str:
     if log["steps"] < log["steps_requested"]:
         return f"; the run stopped at its {log['minutes_limit']}-minute limit"
@@ -70,9 +81,8 @@ def write_model_card(name: str, docs: str | Path = "docs/zoo") -> Path:
         f"{_stopped(log)}), torch {log['torch']}",
         f"- loss (mean of {log['loss_curve'][0]['step']} steps): first {curve[0]['loss']:.4f}, "
         f"last {curve[-1]['loss']:.4f}",
-        f"- reproduce: `python -m entropy_attn.zoo.train --model {name} "
-        f"--steps {log['steps_requested']} --threads {log['threads']} --out DIR` (same seed, "
-        "schedule and step count; bit-for-bit only on the same torch build and thread count)",
+        f"- reproduce: `{_reproduce_command(name, log)}` (bit-for-bit only on the same torch "
+        "build and thread count)",
         "",
         "## Metrics",
         "",

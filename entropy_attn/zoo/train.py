@@ -1,13 +1,14 @@
 """Seeded training of the zoo's digit diffusion models.
 
-    python -m entropy_attn.zoo.train --model digits-unet --minutes 25 --steps 6000 --out DIR
+    python -m entropy_attn.zoo.train --model digits-unet --steps 3000 --out DIR
 
 DDPM objective (epsilon prediction, 1000 cosine steps) on all 1,797 ``load_digits`` images
 at their native 8x8 in [-1, 1], AdamW, linear warm-up then cosine decay to 0 at ``--steps``,
 EMA of the weights (the EMA weights are saved). Training stops at ``--steps`` or after
-``--minutes`` of wall time, whichever comes first (a time-limited run stops part-way down the
-cosine); the step count reached is recorded, and rerunning with that ``--steps`` and
-``--schedule`` repeats the run step for step on the same machine and thread count.
+``--minutes`` of wall time, whichever comes first; the step count reached is recorded. A run
+that reached ``--steps`` is repeated step for step by the same command on the same machine and
+thread count; a run stopped by ``--minutes`` stopped part-way down the cosine (whose length is
+``--steps``) and is not reproducible by step count (the shipped runs reached their steps).
 
 Output: ``DIR`` holds a ``save_pretrained`` pipeline folder (fp16 weights) and
 ``train_log.json`` (recipe, seed, steps, wall time, loss curve).
@@ -41,7 +42,7 @@ LR_SCHEDULES = ("cosine", "constant")
 
 def learning_rate(step: int, *, lr: float, warmup: int, steps: int, schedule: str) -> float:
     """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0 at ``steps``."""
-    factor = min(1.0, (step + 1) / warmup)
+    factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     if schedule == "cosine":
         factor *= 0.5 * (1.0 + math.cos(math.pi * step / steps))
     return lr * factor
@@ -78,8 +79,22 @@ def train(
         raise ValueError(f"minutes must be positive or None, got {minutes!r}")
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _train(
+            model, steps, minutes, out, seed, batch_size, lr, warmup, ema_decay, schedule, config,
+            log_every, progress,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)  # the caller's thread count, as it was
+
+
+def _train(
+    model, steps, minutes, out, seed, batch_size, lr, warmup, ema_decay, schedule, config,
+    log_every, progress,
+):  # fmt: skip
     kind = MODEL_KINDS[model]
     images, labels = load_digits()
     data = to_model_range(images, (TRAIN_SIZE, TRAIN_SIZE))
