@@ -86,7 +86,8 @@ def _unet2d_inputs(config, height: int, width: int, text_tokens: int) -> dict:
         "sample": torch.empty(1, config["in_channels"], height, width, **meta),
         "timestep": torch.ones(1, **meta),
     }
-    if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
+    # Class labels only where UNet2DModel builds a class embedding (it ignores other types).
+    if config.get("class_embed_type") in ("timestep", "identity") or config.get("num_class_embeds"):
         inputs["class_labels"] = torch.zeros(1, dtype=torch.long, **meta)
     return inputs
 
@@ -231,7 +232,14 @@ def probe_tokens(
         raise ValueError(f"latent_size must be positive, got {latent_size}")
     model = unwrap(denoiser)
     config_json = json.dumps(dict(model.config), sort_keys=True, default=str)
-    return dict(_probe(type(model).__name__, config_json, height, width, int(text_tokens)))
+    try:
+        return dict(_probe(type(model).__name__, config_json, height, width, int(text_tokens)))
+    except RuntimeError as error:  # e.g. UNet2DModel's skip connections at an odd size
+        raise ValueError(
+            f"a {height}x{width} latent cannot run through {type(model).__name__} ({error}); "
+            "choose a size its down- and upsampling round-trips (e.g. a multiple of "
+            "2 ** (levels - 1) latent pixels)"
+        ) from None
 
 
 __all__ = ["LayerTokens", "attention_modules", "default_text_tokens", "probe_tokens", "unwrap"]

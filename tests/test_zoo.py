@@ -188,3 +188,17 @@ def test_training_reduced_run_learns(tmp_path):
     images = pipe(labels, num_inference_steps=10, generator=torch.Generator().manual_seed(0))
     predicted, _ = metrics.classify(images)
     assert (predicted == labels.numpy()).mean() > 0.6
+
+
+def test_build_denoiser_is_seeded_and_leaves_the_global_rng():
+    from entropy_attn.zoo.models import build_denoiser
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = build_denoiser("dit", seed=0)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is untouched
+    second, other = build_denoiser("dit", seed=0), build_denoiser("dit", seed=1)
+    pairs = list(zip(first.state_dict().values(), second.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not torch.equal(first.proj_out.weight, other.proj_out.weight)

@@ -67,12 +67,13 @@ def dit_config() -> dict:
 def build_denoiser(kind: str, seed: int = 0, config: dict | None = None) -> torch.nn.Module:
     """A freshly initialised ``"unet"`` or ``"dit"`` denoiser (seeded); ``config`` overrides
     entries of :func:`unet_config` / :func:`dit_config` (design studies)."""
-    torch.manual_seed(seed)
-    if kind == "unet":
-        return UNet2DConditionModel(**(unet_config() | (config or {})))
-    if kind == "dit":
+    if kind not in ("unet", "dit"):
+        raise ValueError(f"kind must be 'unet' or 'dit', got {kind!r}")
+    with torch.random.fork_rng():  # seeded weights; the caller's global RNG is left as it was
+        torch.manual_seed(seed)
+        if kind == "unet":
+            return UNet2DConditionModel(**(unet_config() | (config or {})))
         return PixArtTransformer2DModel(**(dit_config() | (config or {})))
-    raise ValueError(f"kind must be 'unet' or 'dit', got {kind!r}")
 
 
 def train_scheduler() -> DDPMScheduler:
