@@ -95,23 +95,33 @@ def _vae_scale_factor(pipe, override: int | None) -> int:
     factor = getattr(pipe, "vae_scale_factor", None)
     if isinstance(factor, int) and factor >= 1:
         return int(factor)
-    # Pipelines that set no vae_scale_factor (LDMSuperResolutionPipeline): the autoencoder halves
-    # the size once per block after the first, as diffusers' pipelines compute it. "vae" and
-    # "vqvae" first, then any component that looks like an autoencoder (Kandinsky's "movq").
     components = getattr(pipe, "components", None)
     if isinstance(pipe, torch.nn.Module) or not isinstance(components, dict):
         return 8
-    named = [components.get("vae"), components.get("vqvae"), *components.values()]
-    for component in named:
-        config = getattr(component, "config", None)
-        channels = getattr(config, "block_out_channels", None)
-        if channels and getattr(config, "latent_channels", None):
+    return autoencoder_factor({name: getattr(c, "config", None) for name, c in components.items()})
+
+
+AUTOENCODERS = ("vae", "vqvae", "movq")
+
+
+def autoencoder_factor(configs: dict) -> int:
+    """Pixels per latent pixel of a pipeline that sets no ``vae_scale_factor``
+    (LDMSuperResolutionPipeline), from its components' configs (name -> config; ``None`` for a
+    component set to ``None``): the autoencoder halves the size once per block after the first,
+    as diffusers' pipelines compute it; "vae" and "vqvae" first, then any component that looks
+    like an autoencoder (Kandinsky's "movq"). No autoencoder at all, not even one set to
+    ``None``: pixel space, 1 (DDPMPipeline)."""
+
+    def field(config, key):
+        return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+    for config in [configs.get("vae"), configs.get("vqvae"), *configs.values()]:
+        channels = field(config, "block_out_channels")
+        if channels and field(config, "latent_channels"):
             return 2 ** (len(channels) - 1)
-    autoencoder = any(name in components for name in ("vae", "vqvae", "movq")) or any(
-        isinstance(getattr(c, "config", None), dict) and "latent_channels" in c.config
-        for c in components.values()
+    autoencoder = any(name in configs for name in AUTOENCODERS) or any(
+        field(config, "latent_channels") is not None for config in configs.values()
     )
-    # No autoencoder at all (not even one set to None): pixel space (DDPMPipeline).
     return 8 if autoencoder else 1
 
 
