@@ -31,6 +31,7 @@ from .common import (
     sizes_for_entropy,
 )
 from .models import (
+    check_digits_sizes,
     check_model_name,
     check_sizes,
     default_steps,
@@ -226,13 +227,7 @@ def run_digits(args: argparse.Namespace, spec: str, sizes) -> int:
             f"{' and '.join(given)}: --model {spec!r} takes class labels (digits 0-9), not prompts"
         )
     sizes = sizes or list(DIGITS_SIZES)
-    if spec == "digits-unet":
-        for height, width in sizes:
-            if height % 2 or width % 2:
-                raise CLIError(
-                    f"--sizes {width}x{height}: digits-unet needs even width and height (it "
-                    "halves the image once)"
-                )
+    check_digits_sizes(spec, sizes)
     device = resolve_device(args.device)
     dtype = model_dtype(spec, args.dtype, device)
     check_sizes(spec, sizes, "--sizes", dtype=dtype, device=device, force=args.force)

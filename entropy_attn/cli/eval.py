@@ -21,6 +21,7 @@ from .common import (
     resolve_device,
 )
 from .models import (
+    check_digits_sizes,
     check_model_name,
     check_sizes,
     default_steps,
@@ -279,13 +280,7 @@ def run_digits(args: argparse.Namespace) -> int:
     dtype = model_dtype(spec, args.dtype, device)
     steps = default_steps(spec, args.steps)
     check_sizes(spec, sizes, "--sizes", dtype=dtype, device=device, force=args.force)
-    if spec == "digits-unet":  # the UNet halves the image once
-        for height, width in sizes:
-            if height % 2 or width % 2:
-                raise CLIError(
-                    f"--sizes {width}x{height}: digits-unet needs even width and height (it "
-                    "halves the image once)"
-                )
+    check_digits_sizes(spec, sizes)
     check_out(args.out)
     require()
     from .. import zoo

@@ -153,6 +153,18 @@ def takes_labels(spec: str) -> bool:
     return entry is not None and entry.inputs == "labels"
 
 
+def check_digits_sizes(spec: str, sizes, option: str = "--sizes") -> None:
+    """``digits-unet`` halves the image once: its sizes must be even."""
+    if spec != "digits-unet":
+        return
+    for height, width in sizes:
+        if height % 2 or width % 2:
+            raise CLIError(
+                f"{option} {width}x{height}: digits-unet needs even width and height (it halves "
+                "the image once)"
+            )
+
+
 def require_prompts(spec: str, command: str) -> None:
     """Refuse a model that takes class labels in a command that needs prompts."""
     if takes_labels(spec):
@@ -379,6 +391,8 @@ def _config_denoiser(location: str):
     import diffusers
     from diffusers import DiffusionPipeline
 
+    from ..integration import AUTOENCODERS, autoencoder_factor
+
     index = DiffusionPipeline.load_config(location)
     for component in ("unet", "transformer"):
         entry = index.get(component)
@@ -390,17 +404,18 @@ def _config_denoiser(location: str):
             break
     else:
         raise CLIError(f"--model {location!r}: model_index.json names no unet or transformer")
-    # As entropy_attn's _vae_scale_factor: the autoencoder's halvings; a pipeline that names no
-    # autoencoder (DDPM) runs in pixel space.
-    factor = 8 if any(c in index for c in ("vae", "vqvae", "movq")) else 1
-    for component in ("vae", "vqvae", "movq"):
+    # The library's rule, on the autoencoder configs model_index.json names ([null, null]: None).
+    autoencoders = {}
+    for component in AUTOENCODERS:
         entry = index.get(component)
-        if isinstance(entry, list | tuple) and len(entry) == 2 and entry[1]:
-            vae_config = getattr(diffusers, entry[1]).load_config(location, subfolder=component)
-            if vae_config.get("block_out_channels"):
-                factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-                break
-    return denoiser.eval(), factor
+        if component in index:
+            named = isinstance(entry, list | tuple) and len(entry) == 2 and entry[1]
+            autoencoders[component] = (
+                getattr(diffusers, entry[1]).load_config(location, subfolder=component)
+                if named
+                else None
+            )
+    return denoiser.eval(), autoencoder_factor(autoencoders)
 
 
 def load_architecture(spec: str):
@@ -429,6 +444,7 @@ def load_architecture(spec: str):
 
 __all__ = [
     "MODELS",
+    "check_digits_sizes",
     "ModelName",
     "builtin_names",
     "check_model_name",
