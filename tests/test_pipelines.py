@@ -743,24 +743,32 @@ def test_bad_backends_are_refused():
     )
 
 
-def tiny_super_resolution_pipeline():
-    """LDM 4x super-resolution in miniature: a UNet2DModel on [noise | low-res image] (6
-    channels) with self-attention one level down (AttnDownBlock2D, mid, AttnUpBlock2D), trained
-    at a 16x16 latent (8x8 = 64 tokens there); a VQ autoencoder that doubles the size."""
-    from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel, VQModel
+def tiny_unet2d(in_channels: int, channels: tuple[int, int]):
+    """A seeded UNet2DModel trained at 16x16 with self-attention one level down (8x8 = 64
+    tokens: AttnDownBlock2D, mid block, AttnUpBlock2D), 3 output channels."""
+    from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(
+    return UNet2DModel(
         sample_size=16,
-        in_channels=6,
+        in_channels=in_channels,
         out_channels=3,
-        block_out_channels=(32, 64),
+        block_out_channels=channels,
         layers_per_block=1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
         attention_head_dim=8,
     )
+
+
+def tiny_super_resolution_pipeline():
+    """LDM 4x super-resolution in miniature: a UNet2DModel on [noise | low-res image] (6
+    channels) with self-attention one level down (AttnDownBlock2D, mid, AttnUpBlock2D), trained
+    at a 16x16 latent (8x8 = 64 tokens there); a VQ autoencoder that doubles the size."""
+    from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, VQModel
+
+    unet = tiny_unet2d(in_channels=6, channels=(32, 64))
     vqvae = VQModel(
         block_out_channels=(16, 16),
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -825,20 +833,9 @@ def test_ldm_super_resolution(monkeypatch):
 
 def tiny_ddpm_pipeline():
     """A pixel-space DDPMPipeline: UNet2DModel with self-attention one level down."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMPipeline, DDPMScheduler
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        attention_head_dim=8,
-    ).eval()
+    unet = tiny_unet2d(in_channels=3, channels=(16, 32)).eval()
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10))
     pipe.set_progress_bar_config(disable=True)
     return pipe
