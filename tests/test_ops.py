@@ -522,22 +522,101 @@ def test_lse_entropy_falls_back_to_the_oracle_for_large_logits(generator):
     assert_close(fast, exact, atol=1e-4, rtol=1e-4, what="large logits")
 
 
-def test_torch_backend_uses_the_lse_path_without_grad_and_the_oracle_with_it(
-    monkeypatch, generator
-):
+def test_torch_backend_paths_one_call_lse_and_oracle(monkeypatch, generator):
+    """fp32 without grad: one flash call for output and entropy (attention_lse); fp16: SDPA's own
+    output plus entropy_lse; with grad: SDPA plus the differentiable oracle."""
     from entropy_attn import ops
 
-    calls = []
-    real = ops.entropy_lse
-    monkeypatch.setattr(ops, "entropy_lse", lambda *a: calls.append(a) or real(*a))
+    calls = {"one": 0, "lse": 0}
+    real_one, real_lse = ops.attention_lse, ops.entropy_lse
+
+    def one(*args):
+        calls["one"] += 1
+        return real_one(*args)
+
+    def lse(*args):
+        calls["lse"] += 1
+        return real_lse(*args)
+
+    monkeypatch.setattr(ops, "attention_lse", one)
+    monkeypatch.setattr(ops, "entropy_lse", lse)
     q, k, v = (randn((1, 2, 30, 16), torch.float32, generator, device="cpu") for _ in range(3))
     out, ent = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend="torch")
-    assert len(calls) == 1
-    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, scale=0.3))  # stock output
+    assert calls == {"one": 1, "lse": 0}
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.3), atol=1e-6, rtol=0,
+                 what="one-call output vs SDPA")  # fmt: skip
+    q16, k16, v16 = (t.half() for t in (q, k, v))
+    out16, ent16 = entropy_attn.attention(q16, k16, v16, 0.3, return_entropy=True, backend="torch")
+    assert calls == {"one": 1, "lse": 1}
+    assert torch.equal(out16, F.scaled_dot_product_attention(q16, k16, v16, scale=0.3))
     q.requires_grad_(True)
     _, ent_grad = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend="torch")
-    assert len(calls) == 1 and ent_grad.requires_grad
+    assert calls == {"one": 1, "lse": 1} and ent_grad.requires_grad
     assert_close(ent, ent_grad.detach(), atol=2e-6, rtol=1e-6, what="LSE vs oracle path")
+    # Values that need a gradient keep SDPA's differentiable output (entropy still by the LSE).
+    v.requires_grad_(True)
+    q.requires_grad_(False)
+    out_v, _ = entropy_attn.attention(q, k, v, 0.3, return_entropy=True, backend="torch")
+    assert out_v.requires_grad and calls == {"one": 1, "lse": 2}
+
+
+@pytest.mark.parametrize(
+    "shape_q,shape_k,dtype,scale",
+    [
+        ((2, 5, 77, 64), (2, 5, 77, 64), torch.float32, 0.125),
+        ((1, 3, 100, 40), (1, 3, 333, 40), torch.float32, 0.3),
+        ((2, 8, 256, 4), (2, 8, 256, 4), torch.float32, 0.5),
+        ((1, 1, 1, 8), (1, 1, 1, 8), torch.float32, 1.0),
+        ((1, 2, 30, 16), (1, 2, 41, 16), torch.float64, 0.7),
+    ],
+)
+def test_one_call_lse_matches_oracle_and_sdpa(shape_q, shape_k, dtype, scale, generator):
+    """attention_lse: the output against SDPA and the fp64 reference, the entropy against the
+    materialising oracle in fp64, and against entropy_lse (the same identity, two calls)."""
+    from entropy_attn.ops import attention_lse, entropy_lse
+
+    q = randn(shape_q, dtype, generator, device="cpu", scale=2.0)
+    k = randn(shape_k, dtype, generator, device="cpu", scale=2.0)
+    v = randn(shape_k, dtype, generator, device="cpu")
+    out, ent = attention_lse(q, k, v, scale)
+    assert out.shape == shape_q and out.dtype == dtype
+    assert ent.shape == shape_q[:3] and ent.dtype == torch.float32
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=scale), atol=tol, rtol=0,
+                 what="output vs SDPA")  # fmt: skip
+    exact_out = attention_reference(q.double(), k.double(), v.double(), scale)
+    assert_close(out.double(), exact_out, atol=10 * tol, rtol=0, what="output vs fp64")
+    exact = attention_entropy(q.double(), k.double(), scale)
+    # The identity subtracts two numbers of size |LSE| (up to ~40 here): ~|LSE| * 1e-7 in fp32.
+    assert_close(ent, exact, atol=3e-5, rtol=1e-5, what=f"entropy {dtype}")
+    assert_close(ent, entropy_lse(q, k, scale), atol=2e-6, rtol=1e-6, what="vs entropy_lse")
+
+
+def test_one_call_lse_strided_inputs_large_logits_and_nan(generator):
+    """(B, L, H, D) views and a sliced head dim; rows with |LSE| > 256 from the oracle; a NaN in
+    a query row gives that row NaN output and entropy, the other rows unchanged."""
+    from entropy_attn.ops import attention_lse
+
+    q = randn((2, 77, 3, 40), torch.float32, generator, device="cpu").transpose(1, 2)
+    k = randn((2, 3, 90, 80), torch.float32, generator, device="cpu")[..., ::2]
+    v = randn((2, 90, 3, 40), torch.float32, generator, device="cpu").transpose(1, 2)
+    out, ent = attention_lse(q, k, v, 0.2)
+    assert_close(out.double(), attention_reference(q.double(), k.double(), v.double(), 0.2),
+                 atol=1e-5, rtol=0, what="strided output")  # fmt: skip
+    assert_close(ent, attention_entropy(q.double(), k.double(), 0.2), atol=2e-5, rtol=1e-5,
+                 what="strided entropy")  # fmt: skip
+    big_q = randn((1, 2, 20, 64), torch.float32, generator, device="cpu", scale=12.0)
+    big_k = randn((1, 2, 50, 64), torch.float32, generator, device="cpu", scale=12.0)
+    _, big = attention_lse(big_q, big_k, big_k, 1.0)
+    assert_close(big, attention_entropy(big_q.double(), big_k.double(), 1.0), atol=1e-4,
+                 rtol=1e-4, what="large logits")  # fmt: skip
+    q_nan = q.clone()
+    q_nan[0, 1, 5, 3] = float("nan")
+    out_nan, ent_nan = attention_lse(q_nan, k, v, 0.2)
+    assert torch.isnan(out_nan[0, 1, 5]).all() and torch.isnan(ent_nan[0, 1, 5])
+    keep = torch.ones_like(ent, dtype=torch.bool)
+    keep[0, 1, 5] = False
+    assert torch.equal(ent_nan[keep], ent[keep])
 
 
 @pytest.mark.parametrize("shape_q", [(1, 2, 0, 8), (0, 2, 5, 8)])
