@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python benchmarks/static_report.py                 # default tiles, writes the result files
     python benchmarks/static_report.py --all-configs   # every tile the autotuner may pick
     python benchmarks/static_report.py --jobs 2 --output benchmarks/results/NAME
+    python benchmarks/static_report.py --render benchmarks/results/NAME.json  # tables only
 
 For each architecture (sm_90, sm_80), head dim (40, 64, 80, 128, 160) and entropy off / on, it
 compiles the kernel the way a launch on real tensors would (``tests/aot_compile.py``: fp16,
@@ -15,6 +16,11 @@ the autotuning list (the tile used without autotuning, ``ENTROPY_ATTN_AUTOTUNE=0
 loop's instruction counts per logit (all instructions, MMA, ``MUFU.EX2``, FP32 arithmetic) on
 the loop's common path (the conditional rescale skipped). These are static counts of one pass
 through the loop body, an estimate of the work per logit, not a timing.
+
+Next to the counts, a throughput model (``tile_cycles``): a key tile's cycles per SM as the
+largest of its instruction issue, its ``MUFU.EX2`` work and its tensor-core work at the whitepaper
+rates of A100/H100 (``SM_THROUGHPUT``), and from it the entropy-on over entropy-off ratio the
+counts imply for time when the three overlap perfectly. Also a bound, not a timing.
 
 Writes ``<output>.json`` (one record per compiled variant) and ``<output>.md`` (the tables);
 the default output is ``benchmarks/results/static-sm90-sm80-triton<version>``.
@@ -37,6 +43,14 @@ ARCHES = (90, 80)
 # The issue's target for the default tile at d=64, fp16, sm_90.
 TARGET_OFF_PER_LOGIT = 7.0
 TARGET_ON_OVER_OFF = 1.08
+# Per-SM throughput per clock, from NVIDIA's A100 and H100 whitepapers: warp instructions issued
+# (four schedulers), MUFU results (16 special-function units; ex2 is one), dense fp16 tensor-core
+# flops (1024 FMA on A100, 2048 on H100). The throughput model below divides a key tile's work by
+# these: a lower bound on the tile's time if everything overlapped perfectly, not a timing.
+SM_THROUGHPUT = {
+    80: {"issue": 4, "mufu": 16, "mma_flops": 2048},
+    90: {"issue": 4, "mufu": 16, "mma_flops": 4096},
+}
 
 
 def variants(
@@ -100,6 +114,40 @@ def describe(record: dict) -> str:
     )
 
 
+def tile_cycles(record: dict) -> dict[str, float] | None:
+    """Cycles per SM for one key tile by the throughput model: issue (instructions of the loop's
+    common path x warps / 4), MUFU (ex2 per thread x threads / 16) and tensor cores
+    (``4 * BLOCK_M * BLOCK_N * head dim`` flops of ``Q K^T`` and ``P V`` over the padded head dim,
+    main plus tail tile); ``bound`` is the largest. ``None`` without loop counts."""
+    loop = record.get("inner_loop") or {}
+    rates = SM_THROUGHPUT.get(record["arch"])
+    if rates is None or "instructions" not in loop or "ex2" not in loop:
+        return None
+    from entropy_attn.kernels.attention_fwd import head_dim_split
+
+    config = record["config"]
+    threads = 32 * config["warps"]
+    padded = sum(head_dim_split(record["head_dim"]))
+    cycles = {
+        "issue": loop["instructions"] * config["warps"] / rates["issue"],
+        "mufu": loop["ex2"] * threads / rates["mufu"],
+        "mma": 4 * config["BLOCK_M"] * config["BLOCK_N"] * padded / rates["mma_flops"],
+    }
+    cycles["bound"] = max(cycles.values())
+    return cycles
+
+
+def modelled_on_over_off(records: list[dict]) -> dict[tuple, float]:
+    """Entropy-on over entropy-off tile time by the throughput model (``tile_cycles``)."""
+    per = {}
+    for r in records:
+        cycles = tile_cycles(r)
+        if cycles is not None:
+            key = (r["arch"], r["head_dim"], r["dtype"], r["layout"], tile_name(r))
+            per.setdefault(key, {})[r["entropy"]] = cycles["bound"]
+    return {k: v[True] / v[False] for k, v in per.items() if True in v and False in v}
+
+
 def on_over_off(records: list[dict]) -> dict[tuple, float]:
     """Entropy-on over entropy-off instructions per logit, per (arch, head dim, dtype, tile)."""
     per = {}
@@ -124,12 +172,30 @@ def target_lines(records: list[dict], triton_version: str) -> list[str]:
     ratio = on["inner_loop"]["instructions_per_logit"] / off_count
     met_off = "met" if off_count <= TARGET_OFF_PER_LOGIT else "not met"
     met_on = "met" if ratio <= TARGET_ON_OVER_OFF else "not met"
-    return [
+    lines = [
         f"Targets at d=64, fp16, sm_90, default tile {tile_name(off)}, Triton {triton_version}:",
         f"- entropy off <= {TARGET_OFF_PER_LOGIT} instructions per logit: {off_count:.2f}"
         f" ({met_off})",
         f"- entropy on <= {TARGET_ON_OVER_OFF}x entropy off: {ratio:.3f}x ({met_on})",
+        # The entropy adds t += p * (u - m) for every logit: at least one FMA per logit on the
+        # CUDA cores, whatever the rest of the loop costs.
+        f"- floor for any kernel that sums the entropy term on the CUDA cores (>= 1 FMA per"
+        f" logit): {(off_count + 1) / off_count:.3f}x on this loop,"
+        f" {(TARGET_OFF_PER_LOGIT + 1) / TARGET_OFF_PER_LOGIT:.3f}x at {TARGET_OFF_PER_LOGIT}"
+        f" instructions per logit",
     ]
+    on_cycles, off_cycles = tile_cycles(on), tile_cycles(off)
+    if on_cycles is not None and off_cycles is not None:
+
+        def limits(cycles):
+            return ", ".join(f"{k} {cycles[k]:.0f}" for k in ("issue", "mufu", "mma"))
+
+        lines.append(
+            f"- throughput model (cycles per key tile per SM; a bound, not a timing): entropy off"
+            f" {limits(off_cycles)}; on {limits(on_cycles)}: on/off"
+            f" {on_cycles['bound'] / off_cycles['bound']:.3f}x"
+        )
+    return lines
 
 
 def render_markdown(records: list[dict], triton_version: str) -> str:
@@ -143,19 +209,26 @@ def render_markdown(records: list[dict], triton_version: str) -> str:
         "",
         *target_lines(records, triton_version),
         "",
+        "`model on/off` is the throughput model's entropy-on over entropy-off tile time (cycles"
+        " per SM of the largest of issue, MUFU and tensor-core work; see `tile_cycles`), a bound"
+        " from static counts, not a timing.",
+        "",
         "| sm | d | entropy | tile | first | regs | stack B | smem KiB | instr/logit | on/off"
-        " | MMA/tile | EX2/logit | FP32/logit | loop body (cond.) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | model on/off | MMA/tile | EX2/logit | FP32/logit | loop body (cond.) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    modelled = modelled_on_over_off(records)
     for r in records:
         loop = r["inner_loop"] or {}
         key = (r["arch"], r["head_dim"], r["dtype"], r["layout"], tile_name(r))
         ratio = f"{ratios[key]:.3f}" if r["entropy"] and key in ratios else ""
+        model = f"{modelled[key]:.3f}" if r["entropy"] and key in modelled else ""
         lines.append(
             f"| {r['arch']} | {r['head_dim']} | {'on' if r['entropy'] else 'off'}"
             f" | {tile_name(r)} | {'yes' if r['first'] else ''} | {r['registers']}"
             f" | {r['stack_bytes']} | {r['shared_bytes'] / 1024:.1f}"
-            f" | {loop.get('instructions_per_logit', '')} | {ratio} | {loop.get('mma', '')}"
+            f" | {loop.get('instructions_per_logit', '')} | {ratio} | {model}"
+            f" | {loop.get('mma', '')}"
             f" | {loop.get('ex2_per_logit', '')} | {loop.get('fp32_per_logit', '')}"
             f" | {loop.get('body', '')} ({loop.get('conditional', '')}) |"
         )
@@ -170,11 +243,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "bf16"))
     parser.add_argument("--jobs", type=int, default=2, help="compiler processes (default 2)")
     parser.add_argument("--output", type=Path, default=None, help="result path without suffix")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="rewrite the Markdown next to an existing result JSON (no compilation)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        payload = json.loads(args.render.read_text())
+        markdown = render_markdown(payload["records"], payload["triton"])
+        args.render.with_suffix(".md").write_text(markdown)
+        print(markdown)
+        return 0
     import triton
 
     batch = variants(

@@ -19,6 +19,8 @@ def _record(arch, head_dim, entropy, per_logit, first=True, block_n=128):
         "stack_bytes": 0,
         "shared_bytes": 114720,
         "inner_loop": {
+            "instructions": round(per_logit * 128 * block_n / 256),
+            "ex2": 128 * block_n // 256,
             "instructions_per_logit": per_logit,
             "mma": 12,
             "ex2_per_logit": 1.0,
@@ -56,3 +58,30 @@ def test_markdown_has_a_row_per_record_and_the_on_off_ratio():
     rows = [line for line in markdown.splitlines() if line.startswith("| 90 | 64 |")]
     assert len(rows) == 2
     assert "| 1.100 |" in rows[1] and "128x128 w8 s3" in rows[0]
+
+
+def test_throughput_model_takes_the_largest_of_issue_mufu_and_tensor_cores():
+    off, on = _record(90, 64, False, 7.125), _record(90, 64, True, 8.281)
+    # 64 logits per thread: 456 and 530 instructions, 64 ex2; 8 warps of 32 threads.
+    cycles = static_report.tile_cycles(off)
+    assert cycles == {"issue": 456 * 8 / 4, "mufu": 64 * 256 / 16, "mma": 1024.0, "bound": 1024.0}
+    assert static_report.tile_cycles(on)["issue"] == 530 * 8 / 4
+    ratio = static_report.modelled_on_over_off([off, on])
+    assert list(ratio.values()) == [530 * 8 / 4 / 1024]
+    # sm_80 has half the tensor-core rate per SM; d=80 pads to 64 + 16.
+    sm80 = static_report.tile_cycles(_record(80, 80, False, 8.0))
+    assert sm80["mma"] == 4 * 128 * 128 * 80 / 2048
+    lines = static_report.target_lines([off, on], "3.6.0")
+    assert "on/off 1.035x" in lines[-1] and "1.140x on this loop" in lines[-2]
+
+
+def test_render_rewrites_the_markdown_of_a_result_file(tmp_path):
+    import json
+
+    path = tmp_path / "static.json"
+    records = [_record(90, 64, False, 7.0), _record(90, 64, True, 7.7)]
+    path.write_text(json.dumps({"triton": "3.6.0", "records": records}))
+    assert static_report.main(["--render", str(path)]) == 0
+    markdown = (tmp_path / "static.md").read_text()
+    assert markdown == static_report.render_markdown(records, "3.6.0")
+    assert "| 1.100 |" in markdown
