@@ -23,7 +23,12 @@ Numerics:
   reference up only when some row's max grew by more than ``RESCALE_LOG2`` = 8 (a block-wide
   test, one branch); otherwise the old reference stays, ``p = 2^(u - m) <= 2^8`` (no overflow in
   fp16/bf16/fp32) and the tile skips the ``alpha`` multiplies of the accumulator and sums. The
-  first tile always moves it (from ``-inf``).
+  first tile always moves it (from ``-inf``); so does the ragged last tile, after the loop,
+  without a test (a branch there made Triton 3.6's ptxas serialise every wgmma of the kernel).
+* On sm_90, ``l`` and ``t`` are kept as 8 partial sums per row (``(BLOCK_M, 8)``: the key
+  columns split ``(BLOCK_N / 8, 8)``, the 8 being those that the threads of one row share in the
+  tensor-core layouts), summed over the 8 once at the end: each key tile sums within a thread
+  only, with no cross-thread shuffles per row and tile.
 * Padded key columns get ``u = -inf`` so that they add nothing to ``l``; their entropy term
   ``(u - m) 2^(u - m)`` would be ``-inf * 0 = NaN``, so their ``u - m`` is zeroed first.
 * ``p = 2^(u - m)`` is rounded to the value dtype (fp16/bf16) for the ``P @ V`` product, as in
@@ -200,6 +205,44 @@ def _load_tile(
 
 
 @triton.jit
+def _partial_sums(x, ROW_PARTS: tl.constexpr):
+    """``(rows, cols)`` -> ``(rows, ROW_PARTS)``: with 8 parts, sums over the key columns ``c``
+    with the same ``c % 8``; in the tensor-core accumulator layouts a thread's columns of a row
+    are ``8 j + 2 (lane % 4) + {0, 1}``, so these sums stay within a thread. With 1, the row
+    sums (sm_80: there the partial sums save little and make one 64 x 64 tile spill)."""
+    if ROW_PARTS == 1:
+        return tl.sum(x, 1)[:, None]
+    return tl.sum(tl.reshape(x, [x.shape[0], x.shape[1] // ROW_PARTS, ROW_PARTS]), 1)
+
+
+@triton.jit
+def _move_reference(
+    acc_main,
+    acc_tail,
+    row_max,
+    row_sum,
+    row_ent,
+    tile_max,
+    HAS_TAIL: tl.constexpr,
+    RETURN_ENTROPY: tl.constexpr,
+):
+    """Move each row's reference max to ``max(row_max, tile_max)``, rescaling the output
+    accumulators, the partial sums ``l`` and the entropy terms ``t`` by ``alpha = 2^(m - m')``."""
+    new_max = tl.maximum(row_max, tile_max)
+    alpha = tl.math.exp2(row_max - new_max)
+    if RETURN_ENTROPY:
+        # Before the first tile row_sum is 0 and row_max is -inf: skip the shift (0 * -inf).
+        shift = (row_max - new_max)[:, None]
+        recentre = tl.where(row_sum > 0.0, shift, 0.0) * row_sum
+        row_ent = alpha[:, None] * (row_ent + recentre)
+    row_sum = row_sum * alpha[:, None]
+    acc_main = acc_main * alpha[:, None]
+    if HAS_TAIL:
+        acc_tail = acc_tail * alpha[:, None]
+    return acc_main, acc_tail, new_max, row_sum, row_ent
+
+
+@triton.jit
 def _attend_key_tile(
     acc_main,
     acc_tail,
@@ -222,6 +265,8 @@ def _attend_key_tile(
     D_MAIN: tl.constexpr,
     D_TAIL: tl.constexpr,
     HAS_TAIL: tl.constexpr,
+    EARLY_V: tl.constexpr,
+    ROW_PARTS: tl.constexpr,
     MASK_N: tl.constexpr,
     RETURN_ENTROPY: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -236,26 +281,32 @@ def _attend_key_tile(
             k_tail_ptrs, offs_d_tail, HEAD_DIM, cols, seq_k, D_MAIN + D_TAIL > HEAD_DIM, MASK_N
         )
         qk = tl.dot(q_tail, k_tail, qk, input_precision=DOT_PRECISION)
+    if EARLY_V:
+        # sm_90: V's load issued before the softmax rather than right before its dot lets the
+        # compiler wait for K and V of a tile together (one barrier, fewer register moves).
+        v_main = _load_tile(
+            v_main_ptrs, cols, seq_k, offs_d_main, HEAD_DIM, MASK_N, HEAD_DIM < D_MAIN
+        )
     if MASK_N:
         qk = tl.where(cols[None, :] < seq_k, qk, float("-inf"))
     # The scale is > 0 (the launcher checks), so max(qk * s) == max(qk) * s exactly (rounding is
     # monotonic) and each logit costs one FMA, qk * s - max, before exp2.
     tile_max = tl.max(qk, 1) * qk_scale_log2
-    # Rescale only when some row's max grew by more than RESCALE_LOG2 (FlashAttention-4): until
-    # then the old max stays the reference, p = 2^(u - m) stays below 2^RESCALE_LOG2 (no overflow
-    # in fp16/bf16/fp32), and nothing is lost since l, t and the output share the reference.
-    if tl.max(tile_max - row_max, 0) > RESCALE_LOG2:
-        new_max = tl.maximum(row_max, tile_max)
-        alpha = tl.math.exp2(row_max - new_max)
-        if RETURN_ENTROPY:
-            # Before the first tile row_sum is 0 and row_max is -inf: skip the shift (0 * -inf).
-            recentre = tl.where(row_sum > 0.0, row_max - new_max, 0.0) * row_sum
-            row_ent = alpha * (row_ent + recentre)
-        row_sum = row_sum * alpha
-        acc_main = acc_main * alpha[:, None]
-        if HAS_TAIL:
-            acc_tail = acc_tail * alpha[:, None]
-        row_max = new_max
+    if MASK_N:
+        # The ragged last tile, once per program: always move the reference. (A branch here, in
+        # the epilogue after the key loop, makes ptxas 12.8 (Triton 3.6) serialise every wgmma
+        # of the kernel: its C7514 "Potential Performance Loss".)
+        acc_main, acc_tail, row_max, row_sum, row_ent = _move_reference(
+            acc_main, acc_tail, row_max, row_sum, row_ent, tile_max, HAS_TAIL, RETURN_ENTROPY
+        )
+    elif tl.max(tile_max - row_max, 0) > RESCALE_LOG2:
+        # Rescale only when some row's max grew by more than RESCALE_LOG2 (FlashAttention-4):
+        # until then the old max stays the reference, p = 2^(u - m) stays below 2^RESCALE_LOG2
+        # (no overflow in fp16/bf16/fp32), and nothing is lost since l, t and the output share
+        # the reference.
+        acc_main, acc_tail, row_max, row_sum, row_ent = _move_reference(
+            acc_main, acc_tail, row_max, row_sum, row_ent, tile_max, HAS_TAIL, RETURN_ENTROPY
+        )
     shifted = qk * qk_scale_log2 - row_max[:, None]
     p = tl.math.exp2(shifted)
     if RETURN_ENTROPY:
@@ -263,9 +314,12 @@ def _attend_key_tile(
             terms = p * tl.where(cols[None, :] < seq_k, shifted, 0.0)
         else:
             terms = p * shifted
-        row_ent += tl.sum(terms, 1)
-    row_sum += tl.sum(p, 1)
-    v_main = _load_tile(v_main_ptrs, cols, seq_k, offs_d_main, HEAD_DIM, MASK_N, HEAD_DIM < D_MAIN)
+        row_ent += _partial_sums(terms, ROW_PARTS)
+    row_sum += _partial_sums(p, ROW_PARTS)
+    if not EARLY_V:
+        v_main = _load_tile(
+            v_main_ptrs, cols, seq_k, offs_d_main, HEAD_DIM, MASK_N, HEAD_DIM < D_MAIN
+        )
     p_low = p.to(v_main.dtype)
     acc_main = tl.dot(p_low, v_main, acc_main, input_precision=DOT_PRECISION)
     if HAS_TAIL:
@@ -282,6 +336,8 @@ def _attend_key_tile(
         "D_MAIN",
         "D_TAIL",
         "HAS_TAIL",
+        "EARLY_V",
+        "ROW_PARTS",
         "SEQ_Q_BUCKET",
         "SEQ_K_BUCKET",
         "BATCH_HEADS_BUCKET",
@@ -326,6 +382,8 @@ def _attention_fwd_kernel(
     D_MAIN: tl.constexpr,
     D_TAIL: tl.constexpr,
     HAS_TAIL: tl.constexpr,
+    EARLY_V: tl.constexpr,
+    ROW_PARTS: tl.constexpr,
     RETURN_ENTROPY: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     STRIDE_ALIGN: tl.constexpr,
@@ -404,8 +462,8 @@ def _attention_fwd_kernel(
         q_tail = q_main  # unused: every use is behind `if HAS_TAIL`
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    row_ent = tl.zeros([BLOCK_M], dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M, ROW_PARTS], dtype=tl.float32)  # partial sums: _partial_sums
+    row_ent = tl.zeros([BLOCK_M, ROW_PARTS], dtype=tl.float32)
     acc_main = tl.zeros([BLOCK_M, D_MAIN], dtype=tl.float32)
     acc_tail = tl.zeros([BLOCK_M, D_TAIL], dtype=tl.float32)  # dead code without a tail
 
@@ -416,7 +474,8 @@ def _attention_fwd_kernel(
             acc_main, acc_tail, row_max, row_sum, row_ent, q_main, q_tail,
             k_main_ptrs, k_tail_ptrs, v_main_ptrs, v_tail_ptrs,
             start_n, seq_k, qk_scale_log2, offs_n, offs_d_main, offs_d_tail,
-            HEAD_DIM, D_MAIN, D_TAIL, HAS_TAIL, False, RETURN_ENTROPY, DOT_PRECISION,
+            HEAD_DIM, D_MAIN, D_TAIL, HAS_TAIL, EARLY_V, ROW_PARTS, False, RETURN_ENTROPY,
+            DOT_PRECISION,
         )  # fmt: skip
         k_main_ptrs += k_step
         k_tail_ptrs += k_step
@@ -427,11 +486,14 @@ def _attention_fwd_kernel(
             acc_main, acc_tail, row_max, row_sum, row_ent, q_main, q_tail,
             k_main_ptrs, k_tail_ptrs, v_main_ptrs, v_tail_ptrs,
             full_end, seq_k, qk_scale_log2, offs_n, offs_d_main, offs_d_tail,
-            HEAD_DIM, D_MAIN, D_TAIL, HAS_TAIL, True, RETURN_ENTROPY, DOT_PRECISION,
+            HEAD_DIM, D_MAIN, D_TAIL, HAS_TAIL, EARLY_V, ROW_PARTS, True, RETURN_ENTROPY,
+            DOT_PRECISION,
         )  # fmt: skip
 
     o_base = Out + batch * stride_ob + head * stride_oh + rows64[:, None] * stride_om
     row_ok = offs_m < seq_q
+    row_sum = tl.sum(row_sum, 1)
+    row_ent = tl.sum(row_ent, 1)
     inv_sum = 1.0 / row_sum
     tl.store(
         o_base + offs_d_main[None, :] * stride_od,
@@ -467,11 +529,22 @@ def head_dim_split(head_dim: int) -> tuple[int, int]:
     return main, tail
 
 
-def tile_constexprs(head_dim: int) -> dict[str, int | bool]:
+def tile_constexprs(head_dim: int, arch: int = _DEFAULT_ARCH) -> dict[str, int | bool]:
     """The kernel's head-dim constexprs ``D_MAIN``, ``D_TAIL``, ``HAS_TAIL`` (from
-    :func:`head_dim_split`; an unused tail is 16 wide, the smallest dot, and compiled away)."""
+    :func:`head_dim_split`; an unused tail is 16 wide, the smallest dot, and compiled away) and
+    the loop's shape for sm_``arch``: ``EARLY_V`` loads a tile's values before its softmax on
+    sm_90 and newer (wgmma reads them from shared memory: K and V then share one wait) and right
+    before their dot on older GPUs (mma.sync holds them in registers, and loaded early they
+    spill); ``ROW_PARTS`` keeps 8 partial row sums per row on sm_90 and newer, 1 before."""
     main, tail = head_dim_split(head_dim)
-    return {"D_MAIN": main, "D_TAIL": max(tail, 16), "HAS_TAIL": tail > 0}
+    hopper = arch >= 90
+    return {
+        "D_MAIN": main,
+        "D_TAIL": max(tail, 16),
+        "HAS_TAIL": tail > 0,
+        "EARLY_V": hopper,
+        "ROW_PARTS": 8 if hopper else 1,
+    }
 
 
 def stride_align(*tensors: torch.Tensor, limit: int = 16) -> int:
@@ -533,7 +606,7 @@ def _kernel_meta(query, key, value, out, return_entropy: bool, allow_tf32: bool)
     precision = "ieee" if query.dtype == torch.float32 and not allow_tf32 else "tf32"
     return {
         "HEAD_DIM": head_dim,
-        **tile_constexprs(head_dim),
+        **tile_constexprs(head_dim, _arch(query)),
         "RETURN_ENTROPY": bool(return_entropy),
         "DOT_PRECISION": precision,
         "STRIDE_ALIGN": stride_align(query, key, value, out),

@@ -56,7 +56,7 @@ def layout_tensor(layout: str, heads: int, head_dim: int, dtype: str) -> torch.T
     raise ValueError(f"layout must be 'bhld' or 'blhd', got {layout!r}")
 
 
-def launch_arguments(dtype: str, head_dim: int, layout: str, entropy: bool) -> dict:
+def launch_arguments(dtype: str, head_dim: int, layout: str, entropy: bool, arch: int) -> dict:
     """The kernel's arguments as ``flash_attention_forward`` passes them (ints and constants)."""
     heads = 5 if head_dim == 64 else 8  # SD-2.1 level 0; SD 1.x / LDM and DiTs
     query = layout_tensor(layout, heads, head_dim, dtype)
@@ -67,7 +67,7 @@ def launch_arguments(dtype: str, head_dim: int, layout: str, entropy: bool) -> d
     arguments.update(
         heads=heads,
         HEAD_DIM=head_dim,
-        **fwd.tile_constexprs(head_dim),
+        **fwd.tile_constexprs(head_dim, arch),
         RETURN_ENTROPY=entropy,
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
         STRIDE_ALIGN=fwd.stride_align(query),
@@ -79,7 +79,7 @@ def compile_variant(
     dtype: str, head_dim: int, arch: int, entropy: bool, layout: str, config
 ) -> dict:
     jit = jit_function()
-    arguments = launch_arguments(dtype, head_dim, layout, entropy)
+    arguments = launch_arguments(dtype, head_dim, layout, entropy, arch)
     constexprs = {**{k: v for k, v in arguments.items() if k.isupper()}, **config.kwargs}
     signature, attrs = {}, {}
     divisible = [["tt.divisibility", 16]]
@@ -125,9 +125,38 @@ def compile_variant(
         "wgmma": "wgmma" in ptx,
         "mma": "mma.sync" in ptx,
         "cp_async": "cp.async" in ptx,  # loads of the next key tiles overlap the math
+        "wgmma_serialized": wgmma_serialized(ptx, arch) if "wgmma" in ptx else None,
         **resource_usage(compiled.asm["cubin"]),
         "inner_loop": inner_loop_counts(compiled.asm["cubin"], logits),
     }
+
+
+def wgmma_serialized(ptx: str, arch: int) -> bool | None:
+    """Whether ``ptxas`` serialises the kernel's ``wgmma`` instructions: each one then waits for
+    the previous to finish (ptxas's C7514 "Potential Performance Loss" note, which Triton does
+    not show). Assembles ``ptx`` again, verbosely, with the ``ptxas`` Triton uses for ``arch``;
+    ``None`` if that cannot be run."""
+    from triton.backends.nvidia import compiler as nvidia
+
+    try:
+        ptxas = nvidia.get_ptxas(arch).path
+    except (AttributeError, TypeError, RuntimeError):  # another Triton's layout
+        ptxas = str(CUOBJDUMP.with_name("ptxas"))
+    if not Path(ptxas).exists():
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        result = subprocess.run(
+            [ptxas, "-v", f"--gpu-name={gpu}", str(source), "-o", str(source.with_suffix(".o"))],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        return None
+    return "C7514" in result.stdout + result.stderr
 
 
 def resource_usage(cubin: bytes) -> dict:

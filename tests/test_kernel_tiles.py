@@ -127,9 +127,25 @@ def _rescale_case(growth_log2: float, dtype: torch.dtype, generator: torch.Gener
     return query.to(DEVICE, dtype), key.to(DEVICE, dtype), value.to(DEVICE, dtype), scale
 
 
+def test_loop_shape_follows_the_gpu():
+    """sm_90 loads a tile's values before its softmax (EARLY_V) and keeps 8 partial row sums,
+    sm_80 loads them right before their dot and keeps one; both flags are autotuning keys."""
+    hopper, ampere = fwd.tile_constexprs(64, 90), fwd.tile_constexprs(64, 80)
+    assert (hopper["EARLY_V"], hopper["ROW_PARTS"]) == (True, 8)
+    assert (ampere["EARLY_V"], ampere["ROW_PARTS"]) == (False, 1)
+    assert {"EARLY_V", "ROW_PARTS"} <= set(fwd._attention_fwd_kernel.keys)
+
+
+@pytest.mark.parametrize("arch", [90, 80], ids=["sm90-order", "sm80-order"])
 @pytest.mark.parametrize("growth_log2", [1.0, 7.9, 8.1, 20.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_conditional_rescale_matches_fp64(growth_log2, dtype, generator):
+def test_conditional_rescale_matches_fp64(growth_log2, dtype, arch, generator, monkeypatch):
+    """Both loop shapes (``EARLY_V`` and ``ROW_PARTS`` of sm_90 and of sm_80), interpreted."""
+    if DEVICE == "cpu":
+        monkeypatch.setattr(fwd, "_arch", lambda tensor: arch)
+        monkeypatch.setattr(fwd, "_PLANS", {})
+    elif arch != fwd._arch(torch.empty(0, device=DEVICE)):
+        pytest.skip("on a GPU the load order is the GPU's own")
     query, key, value, scale = _rescale_case(growth_log2, dtype, generator)
     out, ent = entropy_attn.attention(
         query, key, value, scale, return_entropy=True, backend="triton"
