@@ -114,6 +114,10 @@ def describe(record: dict) -> str:
     )
 
 
+# ptxas's C7514 note (tests/aot_compile.py: wgmma_serialized); None: no wgmma, or not checked.
+SERIALISED = {True: "YES (C7514)", False: "no", None: "—"}
+
+
 def tile_cycles(record: dict) -> dict[str, float] | None:
     """Cycles per SM for one key tile by the throughput model: issue (instructions of the loop's
     common path x warps / 4), MUFU (ex2 per thread x threads / 16) and tensor cores
@@ -211,11 +215,14 @@ def render_markdown(records: list[dict], triton_version: str) -> str:
         "",
         "`model on/off` is the throughput model's entropy-on over entropy-off tile time (cycles"
         " per SM of the largest of issue, MUFU and tensor-core work; see `tile_cycles`), a bound"
-        " from static counts, not a timing.",
+        " from static counts, not a timing. `wgmma serialised`: whether ptxas issues each sm_90"
+        " wgmma only after the previous one finished (its C7514 note), which the counts do not"
+        " show.",
         "",
         "| sm | d | entropy | tile | first | regs | stack B | smem KiB | instr/logit | on/off"
-        " | model on/off | MMA/tile | EX2/logit | FP32/logit | loop body (cond.) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | model on/off | MMA/tile | EX2/logit | FP32/logit | loop body (cond.)"
+        " | wgmma serialised |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     modelled = modelled_on_over_off(records)
     for r in records:
@@ -230,7 +237,8 @@ def render_markdown(records: list[dict], triton_version: str) -> str:
             f" | {loop.get('instructions_per_logit', '')} | {ratio} | {model}"
             f" | {loop.get('mma', '')}"
             f" | {loop.get('ex2_per_logit', '')} | {loop.get('fp32_per_logit', '')}"
-            f" | {loop.get('body', '')} ({loop.get('conditional', '')}) |"
+            f" | {loop.get('body', '')} ({loop.get('conditional', '')})"
+            f" | {SERIALISED.get(r.get('wgmma_serialized'), '')} |"
         )
     return "\n".join(lines) + "\n"
 
