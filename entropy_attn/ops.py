@@ -248,11 +248,11 @@ def _flash_cpu_available() -> bool:
 
 
 def _lse_entropy(query, key, k_bar, lse, scale: float) -> torch.Tensor:
-    """``H = LSE - scale <q, k_bar>`` per row (float32; in place on ``lse``), with rows whose
-    ``|LSE| > 256`` recomputed by the oracle and rounding's ``-1e-7`` clamped to 0 (NaN kept)."""
+    """``H = LSE - scale <q, k_bar>`` per row (float32; in place on ``lse``, whose dtype the flash
+    op gives ``query`` too), with rows whose ``|LSE| > 256`` recomputed by the oracle and
+    rounding's ``-1e-7`` clamped to 0 (NaN kept)."""
     unstable = lse.abs() > _LSE_EXACT_LIMIT
-    q = query if query.dtype == lse.dtype else query.to(lse.dtype)
-    entropy = lse.sub_(torch.linalg.vecdot(q, k_bar), alpha=scale).clamp_(min=0.0)  # keeps NaN
+    entropy = lse.sub_(torch.linalg.vecdot(query, k_bar), alpha=scale).clamp_(min=0.0)  # NaN kept
     if bool(unstable.any()):
         entropy = torch.where(unstable, attention_entropy(query, key, scale), entropy)
     return entropy.to(torch.float32)
@@ -327,12 +327,8 @@ def _torch_attention(query, key, value, scale, return_entropy: bool):
     if not return_entropy:
         return F.scaled_dot_product_attention(query, key, value, scale=scale)
     if query.device.type == "cpu" and not _needs_grad(query, key) and _flash_cpu_available():
-        if (
-            query.dtype in (torch.float32, torch.float64)
-            and not _needs_grad(query, key, value)
-            and query.numel()
-            and value.numel()
-        ):  # fmt: skip
+        one_call = query.dtype in (torch.float32, torch.float64) and query.numel()
+        if one_call and not (torch.is_grad_enabled() and value.requires_grad):
             return attention_lse(query, key, value, scale)
         out = F.scaled_dot_product_attention(query, key, value, scale=scale)
         return out, entropy_lse(query, key, scale)
