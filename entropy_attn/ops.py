@@ -45,13 +45,26 @@ def _interpreting() -> bool:
 _kernels = None
 
 
+def _import_kernel():
+    """``entropy_attn.kernels.attention_fwd``, or an ImportError saying what to install."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "entropy-attn's fused kernel needs Triton, which is not installed: CUDA builds of "
+            "PyTorch bring it (pip install torch), or pip install triton. backend='torch' runs "
+            "without it."
+        ) from error
+    from entropy_attn.kernels import attention_fwd
+
+    return attention_fwd
+
+
 def _attention_fwd(query, key, value, scale: float, return_entropy: bool):
     """The fused forward in eager mode: ``(out, entropy or None)``."""
     global _kernels
     if _kernels is None:  # imported on first use: importing triton takes seconds
-        from entropy_attn import kernels
-
-        _kernels = kernels
+        _kernels = _import_kernel()
     # Read at run time rather than while tracing (torch.compile cannot trace this getter); it
     # only matters for fp32 inputs.
     allow_tf32 = query.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"

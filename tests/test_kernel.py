@@ -197,7 +197,8 @@ def test_head_dim_split(head_dim, split):
 
 
 def test_kernel_and_op_agree_on_max_head_dim():
-    from entropy_attn import kernels, ops
+    from entropy_attn import ops
+    from entropy_attn.kernels import attention_fwd as kernels
 
     assert kernels.MAX_HEAD_DIM == ops.MAX_HEAD_DIM
 
@@ -285,7 +286,7 @@ def test_torch_compile_reduce_overhead_on_cuda(generator):
 @pytest.mark.parametrize("precision,allow", [("highest", False), ("high", True)])
 def test_fp32_tf32_follows_pytorch_switch(precision, allow, monkeypatch, generator):
     """fp32 inputs use IEEE dots unless torch.set_float32_matmul_precision allows TF32."""
-    from entropy_attn import kernels
+    from entropy_attn.kernels import attention_fwd as kernels
 
     seen = []
     real = kernels.flash_attention_forward
@@ -355,7 +356,7 @@ def test_stride_align_is_the_largest_power_of_two_dividing_the_strides():
 @pytest.mark.parametrize("scale", [-0.5, -1e-300, float("nan"), float("inf")])
 def test_launcher_refuses_a_negative_or_non_finite_scale(scale, generator):
     """The kernel takes the row max before scaling (max(qk) * s == max(qk * s) needs s >= 0)."""
-    from entropy_attn.kernels import flash_attention_forward
+    from entropy_attn.kernels.attention_fwd import flash_attention_forward
 
     q, k, v = make_qkv(1, 1, 8, 8, 16, torch.float32, generator)
     with pytest.raises(ValueError, match="scale must be finite and >= 0"):
@@ -367,7 +368,7 @@ def test_launcher_small_scales_without_nan(scale, generator):
     """Scales whose scale * log2(e) is no normal fp32 (0 included) would give NaN in the kernel
     (0 * -inf on masked key columns): the launcher returns uniform attention instead, which is
     what fp64 gives at these scales. Ragged keys (45 = 32 + 13) so masked columns exist."""
-    from entropy_attn.kernels import flash_attention_forward
+    from entropy_attn.kernels.attention_fwd import flash_attention_forward
 
     q, k, v = make_qkv(1, 2, 20, 45, 16, torch.float16, generator)
     out, ent = flash_attention_forward(q, k, v, scale, return_entropy=True)
