@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._extras import needs
 from .pipelines import controlnet_train_size, controlnets_of, enabled_models
 from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
 from .processors import (
@@ -301,7 +302,10 @@ def _check_plan(plan: _Plan, processors: dict) -> None:
     for name, selected in plan.rescale.items():
         if not selected:
             continue
-        if plan.train_tokens[name] <= 1:
+        # Cross-attention over one text token (the digits models' label) sees N == T == 1 at
+        # every image size, where the scale is the stock one; only image keys need T > 1.
+        is_cross = kind_of(plan.denoiser.get_submodule(name)) == "cross"
+        if plan.train_tokens[name] <= 1 and not is_cross:
             raise ValueError(
                 f"layer {name!r} sees {plan.train_tokens[name]} key token at the training size "
                 f"{plan.train_latent} (latent): T must be > 1; pass a larger train_size"
@@ -511,6 +515,7 @@ def _recorder_for(record_entropy, record_last_steps) -> EntropyRecorder | None:
         raise ValueError(str(error).replace("last_steps", "record_last_steps")) from None
 
 
+@needs("diffusers")
 def enable(
     pipe,
     *,
@@ -709,6 +714,7 @@ def enabled(pipe, **options) -> Iterator[EntropyAttnHandle]:
         handle.disable()
 
 
+@needs("diffusers")
 def layer_table(
     pipe,
     size: int | tuple[int, int],

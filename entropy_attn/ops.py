@@ -17,6 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ._extras import require
 from .reference import attention_entropy
 
 BACKENDS = ("auto", "triton", "torch")
@@ -46,15 +47,8 @@ _kernels = None
 
 
 def _import_kernel():
-    """``entropy_attn.kernels.attention_fwd``, or an ImportError saying what to install."""
-    try:
-        import triton  # noqa: F401
-    except ImportError as error:
-        raise ImportError(
-            "entropy-attn's fused kernel needs Triton, which is not installed: CUDA builds of "
-            "PyTorch bring it (pip install torch), or pip install triton. backend='torch' runs "
-            "without it."
-        ) from error
+    """``entropy_attn.kernels.attention_fwd``, or a one-line ImportError saying what to install."""
+    require("triton", what="entropy-attn's fused kernel")
     from entropy_attn.kernels import attention_fwd
 
     return attention_fwd
@@ -205,8 +199,7 @@ def _validate_triton(query, key, value) -> None:
         raise ValueError(
             f"backend='triton' supports head_dim <= {MAX_HEAD_DIM}, got {query.shape[-1]}"
         )
-    if not _triton_available():
-        raise RuntimeError("backend='triton' needs the triton package, which is not installed")
+    require("triton", what="backend='triton' (the fused kernel)")
     if not query.is_cuda:
         if not _interpreting():
             raise ValueError(

@@ -164,10 +164,25 @@ _TEXT_TOKENS = {
 
 
 def default_text_tokens(denoiser: torch.nn.Module, pipe=None) -> int:
-    """Text tokens the denoiser sees by default in its pipeline (see ``_TEXT_TOKENS``)."""
+    """Text tokens the denoiser sees by default in its pipeline.
+
+    In order: a pipeline class that states it (``denoiser_text_tokens``, e.g. the digits
+    pipelines' one label token); PixArt-Sigma (300); for UNets, the pipeline tokenizer's
+    ``model_max_length`` (prompts are padded to it: 77 for CLIP and LDMBert); else the family's
+    default in ``_TEXT_TOKENS``.
+    """
+    declared = getattr(type(pipe), "denoiser_text_tokens", None)
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 1:
+        return declared
     if type(pipe).__name__ == "PixArtSigmaPipeline":
         return 300
-    return _TEXT_TOKENS.get(type(unwrap(denoiser)).__name__, 77)
+    family = type(unwrap(denoiser)).__name__
+    if family in ("UNet2DConditionModel", "ControlNetModel"):
+        length = getattr(getattr(pipe, "tokenizer", None), "model_max_length", None)
+        # Tokenizers without a limit report a huge sentinel (int(1e30)): not a length.
+        if isinstance(length, int) and 1 <= length <= 4096:
+            return length
+    return _TEXT_TOKENS.get(family, 77)
 
 
 @functools.lru_cache(maxsize=256)
@@ -236,7 +251,8 @@ def probe_tokens(
         return dict(_probe(type(model).__name__, config_json, height, width, int(text_tokens)))
     except RuntimeError as error:  # e.g. UNet2DModel's skip connections at an odd size
         raise ValueError(
-            f"a {height}x{width} latent cannot run through {type(model).__name__} ({error}); "
+            f"a latent of height {height} and width {width} cannot run through "
+            f"{type(model).__name__} ({error}); "
             "choose a size its down- and upsampling round-trips (e.g. a multiple of "
             "2 ** (levels - 1) latent pixels)"
         ) from None

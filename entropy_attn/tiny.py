@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ._extras import needs
 from ._quiet import quiet_library_logs
 
 TEXT_TOKENS = 77
@@ -104,6 +105,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
+@needs("diffusers", "transformers")
 def tiny_clip_tokenizer():
     """A CLIPTokenizer over single bytes (no merges): 2 * 256 byte tokens + start/end."""
     from transformers import CLIPTokenizer
@@ -123,6 +125,7 @@ def tiny_clip_tokenizer():
         )
 
 
+@needs("diffusers", "transformers")
 def tiny_bert_tokenizer():
     """A BertTokenizer over letters, digits and a few words."""
     from transformers import BertTokenizer
@@ -151,6 +154,7 @@ def _scheduler():
 
 
 @quiet_library_logs()
+@needs("diffusers", "transformers")
 def tiny_sd_pipeline(seed: int = 0):
     """A ``StableDiffusionPipeline`` at toy width: latent 16x16 at its 128 px training size.
 
@@ -181,6 +185,7 @@ def tiny_sd_pipeline(seed: int = 0):
 
 
 @quiet_library_logs()
+@needs("diffusers", "transformers")
 def tiny_ldm_pipeline(seed: int = 0):
     """An ``LDMTextToImagePipeline`` at toy width: LDMBert text encoder, latent 16x16 at 128 px."""
     from diffusers import AutoencoderKL, LDMTextToImagePipeline, UNet2DConditionModel
@@ -213,6 +218,7 @@ def tiny_ldm_pipeline(seed: int = 0):
 
 
 @quiet_library_logs()
+@needs("diffusers", "transformers")
 def tiny_sdxl_pipeline(seed: int = 0):
     """A ``StableDiffusionXLPipeline`` at toy width: two CLIP text encoders, size conditioning,
     and, as in SDXL, no attention at the top level: self-attention only at the 8x8 level of its
@@ -285,6 +291,7 @@ def _tiny_t5(vocab_size: int):
 
 
 @quiet_library_logs()
+@needs("diffusers", "transformers")
 def tiny_sd3_pipeline(seed: int = 0):
     """A ``StableDiffusion3Pipeline`` at toy width: joint attention over image and text tokens
     (latent 16x16 at 128 px, patch 2: 64 image tokens; 77 CLIP tokens + ``max_sequence_length``
@@ -323,6 +330,7 @@ def tiny_sd3_pipeline(seed: int = 0):
 
 
 @quiet_library_logs()
+@needs("diffusers", "transformers")
 def tiny_flux_pipeline(seed: int = 0):
     """A ``FluxPipeline`` at toy width: one double- and one single-stream block with rotary
     embeddings; 2x2-packed latent tokens plus ``max_sequence_length`` T5 tokens."""
@@ -355,6 +363,7 @@ def tiny_flux_pipeline(seed: int = 0):
 
 
 @quiet_library_logs()
+@needs("diffusers", "transformers")
 def tiny_pixart_pipeline(seed: int = 0):
     """A ``PixArtAlphaPipeline`` at toy width: self-attention over 8x8 patches of its 16x16
     training latent (128 px) and cross-attention to T5 tokens."""
@@ -378,6 +387,7 @@ def tiny_pixart_pipeline(seed: int = 0):
 
 
 @quiet_library_logs()
+@needs("diffusers", "transformers")
 def tiny_pixart_sigma_pipeline(seed: int = 0):
     """A ``PixArtSigmaPipeline`` with the components of :func:`tiny_pixart_pipeline`."""
     from diffusers import PixArtSigmaPipeline

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from ._extras import needs
 from .tiny import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 # Condition embedding: four stages, 8x down from pixels to the latent, as in real ControlNets.
 _CONDITION_CHANNELS = (8, 8, 16, 16)
 
 
+@needs("diffusers", "transformers")
 def tiny_controlnet(unet, seed: int = 1):
     """A ``ControlNetModel`` mirroring ``unet``'s encoder, random weights, non-zero outputs."""
     from diffusers import ControlNetModel
@@ -36,6 +38,7 @@ def tiny_controlnet(unet, seed: int = 1):
     return net.eval()
 
 
+@needs("diffusers", "transformers")
 def tiny_sd_controlnet_pipeline(seed: int = 0, controlnets: int = 1):
     """A ``StableDiffusionControlNetPipeline`` on the tiny SD components; ``controlnets > 1``
     gives a ``MultiControlNetModel`` of that many nets."""
@@ -50,6 +53,7 @@ def tiny_sd_controlnet_pipeline(seed: int = 0, controlnets: int = 1):
     return pipe
 
 
+@needs("diffusers", "transformers")
 def tiny_sdxl_controlnet_pipeline(seed: int = 0):
     """A ``StableDiffusionXLControlNetPipeline`` on the tiny SDXL components (size conditioning,
     attention only at the 8x8 level of the 16x16 training latent)."""
@@ -62,6 +66,7 @@ def tiny_sdxl_controlnet_pipeline(seed: int = 0):
     return pipe
 
 
+@needs("diffusers", "transformers")
 def tiny_sd_img2img_pipeline(seed: int = 0):
     """A ``StableDiffusionImg2ImgPipeline`` on the tiny SD components."""
     from diffusers import StableDiffusionImg2ImgPipeline
@@ -71,6 +76,7 @@ def tiny_sd_img2img_pipeline(seed: int = 0):
     return pipe
 
 
+@needs("diffusers", "transformers")
 def tiny_sdxl_img2img_pipeline(seed: int = 0):
     """A ``StableDiffusionXLImg2ImgPipeline`` on the tiny SDXL components (6 size ids, as the
     base model; a refiner's aesthetic-score UNet would need 5)."""
@@ -83,6 +89,7 @@ def tiny_sdxl_img2img_pipeline(seed: int = 0):
     return pipe
 
 
+@needs("diffusers", "transformers")
 def tiny_sdxl_refiner_pipeline(seed: int = 0):
     """A ``StableDiffusionXLImg2ImgPipeline`` shaped like the SDXL refiner: only the second
     text encoder (its hidden states are the cross-attention context), and 5 conditioning ids
@@ -104,6 +111,7 @@ def tiny_sdxl_refiner_pipeline(seed: int = 0):
     return pipe
 
 
+@needs("diffusers", "transformers")
 def tiny_sd_inpaint_pipeline(seed: int = 0):
     """A ``StableDiffusionInpaintPipeline`` whose UNet takes 9 channels (latent, mask, masked
     image latent), as SD inpainting checkpoints do."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import importlib.util
 import io
 import logging
 import math
@@ -120,16 +121,36 @@ def test_pandas_comes_with_the_recording_extra():
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    """One tiny-sd demo run, started with 2 torch threads; also returns the thread count each
+    generation ran with and the count after the command."""
+    from entropy_attn.cli import demo
+
     out = tmp_path_factory.mktemp("demo")
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = cli.main(["demo", "--model", "tiny-sd", "--out", str(out), "--steps", "2"])
-    return code, out, stdout.getvalue(), stderr.getvalue()
+    generate, threads_seen = demo.generate_image, []
+
+    def counting_generate(*args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return generate(*args, **kwargs)
+
+    threads, omp = torch.get_num_threads(), os.environ.pop("OMP_NUM_THREADS", None)
+    torch.set_num_threads(2)
+    demo.generate_image = counting_generate
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = cli.main(["demo", "--model", "tiny-sd", "--out", str(out), "--steps", "2"])
+        threads_after = torch.get_num_threads()
+    finally:
+        demo.generate_image = generate
+        torch.set_num_threads(threads)
+        if omp is not None:
+            os.environ["OMP_NUM_THREADS"] = omp
+    return code, out, stdout.getvalue(), stderr.getvalue(), threads_seen, threads_after
 
 
 @pytest.mark.xdist_group("demo")  # the three demo tests share one demo run
 def test_demo_writes_grid_plot_and_images(demo_run):
-    code, out, stdout, _ = demo_run
+    code, out, stdout, _, _, _ = demo_run
     assert code == 0
     sizes = [64, 128, 192]  # half, training (128 px) and 1.5x for tiny-sd
     grid = png(out / "grid.png")
@@ -155,7 +176,7 @@ def test_demo_writes_grid_plot_and_images(demo_run):
 
 @pytest.mark.xdist_group("demo")
 def test_demo_entropy_csv_and_printed_tables(demo_run, tiny_sd):
-    _, out, stdout, _ = demo_run
+    _, out, stdout, _, _, _ = demo_run
     rows = read_csv(out / "entropy.csv")
     assert len(rows) == 3 * 2 * TINY_LAYERS
     selfs = [r for r in rows if r["kind"] == "self"]
@@ -183,7 +204,7 @@ def test_demo_entropy_csv_and_printed_tables(demo_run, tiny_sd):
 
 @pytest.mark.xdist_group("demo")
 def test_demo_says_where_it_writes_and_shows_progress(demo_run):
-    _, out, stdout, stderr = demo_run
+    _, out, stdout, stderr, _, _ = demo_run
     assert stdout.splitlines()[0] == f"writing to {out.resolve()}/"
     # One progress bar per generation (diffusers' own, labelled), each to its last step.
     for size in ("64x64", "128x128", "192x192"):
@@ -194,6 +215,14 @@ def test_demo_says_where_it_writes_and_shows_progress(demo_run):
                 if chunk.startswith(f"{method} {size}:") and "100%" in chunk
             )
             assert "2/2" in line
+
+
+@pytest.mark.xdist_group("demo")
+def test_demo_of_a_tiny_pipeline_samples_with_one_thread(demo_run):
+    """Built-in demos sample with one CPU thread (thread contention made them 8x slower) and
+    give the caller's setting back."""
+    *_, threads_seen, threads_after = demo_run
+    assert threads_seen == [1] * 6 and threads_after == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +249,7 @@ def test_demo_default_is_the_trained_digits_grid(tmp_path, capsys, digits_unet, 
     lines = out.splitlines()
     assert lines[0] == f"writing to {(tmp_path / 'cli').resolve()}/"  # before it starts
     assert lines[1].startswith("model digits-unet: trained on scikit-learn's 8x8")
-    assert "8x8 (training size), 4x4, 12x12, 16x16, 8x16; DDIM 1 steps, seed 0" in lines[1]
+    assert "8x8 (training size), 4x4, 12x12, 16x16, 16x8; DDIM 1 steps, seed 0" in lines[1]
     assert "16x16 is 2x" in out and "entropy-attn eval --model digits-unet" in out
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["demo-digits-unet.png"]
     # Progress: one bar over the denoiser calls (5 sizes x 2 methods x 1 step), to the end.
@@ -290,9 +319,17 @@ def test_entropy_digits_writes_trained_and_random_init_curves(tmp_path, capsys):
         "--out",
         tmp_path,
     ]  # fmt: skip (2x2: the 4x4 level sees N = 1, no entropy / ln N)
+    threads = torch.get_num_threads()
     code, out, err = run(argv, capsys)
     assert code == 0, err
+    assert torch.get_num_threads() == threads
     assert "then the same architecture at random initialisation" in out.splitlines()[1]
+    # Progress: one bar per model over its denoiser calls, to the end (3 sizes x 2 methods x
+    # 1 step for the trained model, x 2 steps at random initialisation).
+    chunks = err.replace("\r", "\n").splitlines()
+    for label, calls in (("digits-unet:", 6), ("digits-unet-random-init:", 12)):
+        bars = [c for c in chunks if c.startswith(label)]
+        assert bars and "100%" in bars[-1] and f"{calls}/{calls}" in bars[-1], bars
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{kind}-digits-unet{suffix}.{ext}"
         for suffix in ("", "-random-init")
@@ -348,6 +385,9 @@ def test_eval_digits_writes_the_quality_table(tmp_path, capsys):
     assert rows[0]["correct"] == rows[1]["correct"] and rows[0]["frechet"] == rows[1]["frechet"]
     md = (tmp_path / "quality-digits-unet.md").read_text()
     assert "3 samples per cell" in md and "DDIM 1 steps, seed 0" in md and md in out
+    # The table prints each size as --sizes took it (WIDTHxHEIGHT), and its header says so.
+    table_sizes = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| 1")]
+    assert "| size (W x H) |" in md and table_sizes == ["16x8", "16x8"], table_sizes
     assert any(c.startswith("eval digits-unet: 100%") for c in err.replace("\r", "\n").split("\n"))
 
 
@@ -361,7 +401,7 @@ def test_layers_of_the_digits_model(capsys, digits_unet):
     assert [(r["name"], int(r["N"]), int(r["T"]), float(r["lambda"])) for r in rows] == [
         (i.name, i.n_tokens, i.train_tokens, i.scale) for i in table
     ]
-    first = rows[0]  # top level: 8x16 pixels = 128 tokens vs 8x8 = 64 at training
+    first = rows[0]  # top level: 16x8 (W x H) pixels = 128 tokens vs 8x8 = 64 at training
     assert (first["kind"], first["N"], first["T"]) == ("self", "128", "64")
     assert float(first["lambda"]) == pytest.approx(entropy_attn.log_scale(128, 64, 8), abs=1e-12)
 
@@ -674,7 +714,11 @@ def test_bench_forwards_arguments_to_run_py(capfd):
 def test_bench_smoke_selection_is_a_cpu_subset():
     if not bench.benchmarks_runner().is_file():
         pytest.skip("benchmarks/run.py is not in this checkout")
-    from benchmarks import run as runner
+    # By its path: `pytest tests` does not put the repository root on sys.path (run.py adds
+    # it for its own imports).
+    spec = importlib.util.spec_from_file_location("bench_run", bench.benchmarks_runner())
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
 
     command = runner.pytest_command(runner.parse_args(["--smoke"]), Path("x.json"))
     assert command[command.index("-m", 2) + 1] == "cpu_bench"  # after `python -m pytest`

@@ -387,9 +387,12 @@ def _hard_attention64(q, k, v):
 def test_item8_huge_scale_gives_hard_attention(backend, scale, generator):
     """Scales whose logits would overflow fp32 give the limit answer: hard attention on the
     maximal logit (entropy 0), and ln 2 where two keys tie (a duplicated key), not NaN."""
-    q, k, v = _edge_qkv(generator)
+    # Quarter-integer entries: every dot product is exact in fp32 and fp64 whatever order a CPU's
+    # matmul sums in (AVX2 and AVX-512 kernels differ), so the duplicated key ties exactly.
+    q, k, v = (torch.round(x * 4) / 4 for x in _edge_qkv(generator))
+    k[0, 1, 3] *= 4  # a long key: the maximum of every row of head 1 (q ~ k3 below)
     k[0, 1, 44] = k[0, 1, 3]  # a tie across key tiles, for every query row of head 1
-    q[0, 1] = k[0, 1, 3] + 0.01 * q[0, 1]  # make key 3 (and 44) the maximum of head 1's rows
+    q[0, 1] = k[0, 1, 3] + q[0, 1] / 4
     out, ent = entropy_attn.attention(q, k, v, scale, return_entropy=True, backend=backend)
     out_hard, ent_hard = _hard_attention64(q, k, v)
     assert (ent_hard[0, 1] - math.log(2)).abs().max() < 1e-12  # the tie is really there

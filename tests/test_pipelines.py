@@ -827,7 +827,9 @@ def test_ldm_super_resolution(monkeypatch):
     with entropy_attn.enabled(pipe, train_size=(16, 16)) as handle:  # output pixels: latent 8x8
         assert handle.train_latent_size == (8, 8)
     # A latent the UNet cannot round-trip (17 rows: the skip connection would not match).
-    with pytest.raises(ValueError, match="17x24 latent cannot run through UNet2DModel"):
+    with pytest.raises(
+        ValueError, match="latent of height 17 and width 24 cannot run through UNet2DModel"
+    ):
         entropy_attn.layer_table(pipe, (34, 48))
 
 

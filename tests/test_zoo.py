@@ -70,6 +70,21 @@ def test_enable_is_bit_identical_at_training_size_and_acts_off_size(pipe):
     assert torch.equal(_gen(pipe, (16, 16)), stock_big), "disable restores stock exactly"
 
 
+def test_layer_table_and_recording_count_the_same_tokens(pipe):
+    """Cross-attention sees the one label token: the table's T and N and the recording's
+    n_tokens and train_tokens are 1 there, and every layer agrees between the two."""
+    table = {info.name: info for info in entropy_attn.layer_table(pipe, (16, 16))}
+    with entropy_attn.enabled(pipe, layers="all", record_entropy=True) as handle:
+        _gen(pipe, (16, 16))
+        rows = [row for row in handle.entropy_rows() if row["step"] == 0]
+    assert sorted(row["layer"] for row in rows) == sorted(table)
+    for row in rows:
+        info = table[row["layer"]]
+        assert (row["n_tokens"], row["train_tokens"]) == (info.n_tokens, info.train_tokens)
+        if row["kind"] == "cross":
+            assert row["n_tokens"] == row["train_tokens"] == 1, row
+
+
 def test_extended_positions_only_change_off_size_and_are_undone():
     pipe = zoo.load_pipeline("digits-dit")
     pipe.set_progress_bar_config(disable=True)

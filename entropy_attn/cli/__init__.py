@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import evaluation
+from .._extras import MissingExtra
 from . import bench, demo, entropy, generate, layers
 from . import eval as eval_command
 from .common import EXIT_USAGE, CLIError
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, evaluation.MetricUnavailable) as error:
+    except (CLIError, MissingExtra, evaluation.MetricUnavailable) as error:
         print(f"entropy-attn {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, NotImplementedError) as error:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .._extras import missing
 from .common import CLIError
 
 
@@ -40,6 +41,13 @@ def run(args: argparse.Namespace) -> int:
             f"({runner} is not there: an installed package does not include it). Clone the "
             'repository, install it with `pip install -e ".[dev]"` and run `entropy-attn bench` '
             "(or `python benchmarks/run.py`) from the clone."
+        )
+    absent = missing(("pytest", "pytest_benchmark"))
+    if absent:
+        raise CLIError(
+            f"the benchmarks run under {' and '.join(absent)}, which "
+            f'{"is" if len(absent) == 1 else "are"} not installed: pip install -e ".[dev]" '
+            "in the clone"
         )
     forwarded = list(args.bench_args)
     if forwarded[:1] == ["--"]:

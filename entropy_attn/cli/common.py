@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from .._extras import install_line, missing
 from .._quiet import quiet_library_logs
 from ..evaluation import format_size, parse_size
 
 EXIT_USAGE = 2
 DEFAULT_PROMPT = "a photo of a cat sitting on a red car"
-# The extra that installs what each command imports (module -> pip name).
-DIFFUSERS_EXTRA = 'pip install "entropy-attn[diffusers]"'
+# What the commands import (entropy_attn._extras knows the extra that installs each).
 DIFFUSERS_MODULES = ("diffusers", "transformers")
 PLOT_MODULES = ("matplotlib", "PIL")
 # Peak-memory floor: two live activations of the VAE decoder's last (full-resolution) level.
@@ -31,11 +30,11 @@ class CLIError(Exception):
 
 def require(modules: Sequence[str] = DIFFUSERS_MODULES) -> None:
     """Fail with the install line if an optional library the command imports is missing."""
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    if missing:
+    absent = missing(tuple(modules))
+    if absent:
         raise CLIError(
-            f"needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-            f"installed: {DIFFUSERS_EXTRA}"
+            f"needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not "
+            f"installed: {install_line(absent)}"
         )
 
 
@@ -271,7 +270,53 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@contextlib.contextmanager
+def one_cpu_thread(device):
+    """One PyTorch CPU thread while a built-in model samples, unless OMP_NUM_THREADS is set.
+
+    The built-in models (digits, tiny pipelines) are so small that extra threads buy nothing,
+    and when another process holds a core, threads waiting for each other made the demo 5-8x
+    slower (measured on 2 cores). The caller's thread count comes back afterwards.
+    """
+    import torch
+
+    if torch.device(device).type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class denoiser_progress:
+    """A progress bar over the denoiser's forward calls (one per sampling step and batch)."""
+
+    def __init__(self, pipe, *, total: int, desc: str) -> None:
+        self.denoiser = pipe.denoiser
+        self.total = total
+        self.desc = desc
+
+    def __enter__(self):
+        from tqdm.auto import tqdm  # comes with diffusers
+
+        self.bar = tqdm(desc=self.desc, total=self.total)
+        self.handle = self.denoiser.register_forward_hook(self._step)
+        return self.bar
+
+    def _step(self, *_) -> None:  # returns None: the denoiser's output is left as it is
+        self.bar.update(1)
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+        self.bar.close()
+
+
 __all__ = [
+    "denoiser_progress",
+    "one_cpu_thread",
     "DEFAULT_PROMPT",
     "EXIT_USAGE",
     "CLIError",

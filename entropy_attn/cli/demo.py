@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
 from collections.abc import Sequence
 
@@ -26,13 +25,16 @@ from .common import (
     check_memory,
     check_out,
     check_steps,
+    denoiser_progress,
     generate_image,
     make_out,
+    one_cpu_thread,
     require,
     resolve_device,
     sizes_around,
 )
 from .models import (
+    TINY_PIPELINES,
     check_model_name,
     default_steps,
     load_pipeline,
@@ -55,7 +57,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
         description=(
             "Without --model: the trained digits model digits-unet (shipped with entropy-attn, "
             "offline, well under a minute on a CPU) draws the digits 0-9 at its training size "
-            "8x8 and at 4x4, 12x12, 16x16 (2x) and 8x16, stock and with entropy-attn from the "
+            "8x8 and at 4x4, 12x12, 16x16 (2x) and 16x8 (width x height), stock and with "
+            "entropy-attn from the "
             "same noise, and writes one picture (demo-digits-unet.png: rows stock, entropy-attn, "
             "|difference|). --model digits-dit does the same with the trained DiT. With a "
             "text-to-image --model (tiny-sd: built in, random weights, noise-like images; or a "
@@ -149,33 +152,36 @@ def run(args: argparse.Namespace) -> int:
     series: dict[str, list] = {}
     timings = []
     csv_rows = []
-    for size in sizes:
-        for method in METHODS:
-            with analysis.recording(pipe, size, method=method) as rec:
-                start = time.perf_counter()
-                image = generate_image(
-                    pipe,
-                    args.prompt,
-                    size,
-                    steps,
-                    args.seed,
-                    args.guidance_scale,
-                    label=f"{method} {format_size(size)}",
+    # The built-in tiny pipelines sample with one CPU thread, as the digits demo does.
+    threads = one_cpu_thread(device) if spec in TINY_PIPELINES else contextlib.nullcontext()
+    with threads:
+        for size in sizes:
+            for method in METHODS:
+                with analysis.recording(pipe, size, method=method) as rec:
+                    start = time.perf_counter()
+                    image = generate_image(
+                        pipe,
+                        args.prompt,
+                        size,
+                        steps,
+                        args.seed,
+                        args.guidance_scale,
+                        label=f"{method} {format_size(size)}",
+                    )
+                    seconds = time.perf_counter() - start
+                    rows = rec.layers()
+                image.save(out / f"{method}-{format_size(size)}.png")
+                images[method].append(image)
+                series[f"{format_size(size)} {method}"] = rows
+                csv_rows += [row.as_dict() for row in rows]
+                timings.append(
+                    {
+                        "size": format_size(size),
+                        "method": method,
+                        "seconds": seconds,
+                        "mean self-attn entropy": analysis.mean_self_entropy(rows),
+                    }
                 )
-                seconds = time.perf_counter() - start
-                rows = rec.layers()
-            image.save(out / f"{method}-{format_size(size)}.png")
-            images[method].append(image)
-            series[f"{format_size(size)} {method}"] = rows
-            csv_rows += [row.as_dict() for row in rows]
-            timings.append(
-                {
-                    "size": format_size(size),
-                    "method": method,
-                    "seconds": seconds,
-                    "mean self-attn entropy": analysis.mean_self_entropy(rows),
-                }
-            )
     grid = image_grid(
         [(method, images[method]) for method in METHODS], [format_size(s) for s in sizes]
     )
@@ -223,19 +229,19 @@ def run_digits(args: argparse.Namespace, spec: str) -> int:
     train = tuple(pipe.train_size)
     out = make_out(args.out)
     announce_out(out)
-    sizes = ", ".join(  # as the picture labels them: height x width
-        f"{h}x{w}" + (" (training size)" if (h, w) == train else "") for h, w in DIGITS_SIZES
+    sizes = ", ".join(  # as the picture labels them and --sizes takes them: width x height
+        format_size(size) + (" (training size)" if size == train else "") for size in DIGITS_SIZES
     )
     print(
         f"model {spec}: trained on scikit-learn's 8x8 handwritten digits (shipped, offline); "
-        f"digits 0-9 at (height x width) {sizes}; DDIM {steps} steps, seed {args.seed}"
+        f"digits 0-9 at (width x height) {sizes}; DDIM {steps} steps, seed {args.seed}"
         + ("" if positions == "interpolate" else f", positions {positions}"),
         flush=True,
     )
     start = time.perf_counter()
     with (
-        _one_cpu_thread(device),
-        _denoiser_progress(pipe, total=len(DIGITS_SIZES) * 2 * steps, desc="demo"),
+        one_cpu_thread(device),
+        denoiser_progress(pipe, total=len(DIGITS_SIZES) * 2 * steps, desc="demo"),
     ):
         path = zoo.demo_grid(
             spec,
@@ -259,46 +265,3 @@ def run_digits(args: argparse.Namespace, spec: str) -> int:
         f"(classifier accuracy, blobs, Frechet): entropy-attn eval --model {spec}."
     )
     return 0
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device):
-    """One PyTorch CPU thread while the digits are sampled, unless OMP_NUM_THREADS is set.
-
-    The digits models are so small that extra threads buy nothing, and when another process
-    holds a core, threads waiting for each other made the demo 5-8x slower (measured on 2 cores).
-    """
-    import torch
-
-    if torch.device(device).type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class _denoiser_progress:
-    """A progress bar over the denoiser's forward calls (one per sampling step and batch)."""
-
-    def __init__(self, pipe, *, total: int, desc: str) -> None:
-        self.denoiser = pipe.denoiser
-        self.total = total
-        self.desc = desc
-
-    def __enter__(self):
-        from tqdm.auto import tqdm  # comes with diffusers
-
-        self.bar = tqdm(desc=self.desc, total=self.total)
-        self.handle = self.denoiser.register_forward_hook(self._step)
-        return self.bar
-
-    def _step(self, *_) -> None:  # returns None: the denoiser's output is left as it is
-        self.bar.update(1)
-
-    def __exit__(self, *exc) -> None:
-        self.handle.remove()
-        self.bar.close()

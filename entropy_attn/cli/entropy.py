@@ -21,7 +21,9 @@ from .common import (
     check_multiple,
     check_out,
     check_steps,
+    denoiser_progress,
     make_out,
+    one_cpu_thread,
     parse_sizes,
     progress,
     require,
@@ -248,16 +250,19 @@ def run_digits(args: argparse.Namespace, spec: str, sizes) -> int:
     )
     start = time.perf_counter()
     summary = []
-    for label, model, model_steps in progress(
-        [(spec, pipe, steps), (f"{spec}-random-init", random_init_pipeline(spec, args.seed), 2)],
-        desc="entropy",
-        total=2,
+    for label, model, model_steps in (
+        (spec, pipe, steps),
+        (f"{spec}-random-init", random_init_pipeline(spec, args.seed), 2),
     ):
         with quiet_library_logs():
             model.to(device=device, dtype=dtype)
-        rows = attention_study(
-            model, spec, out, sizes=sizes, steps=model_steps, seed=args.seed, label=label
-        )
+        # One bar per model over its denoiser calls (sizes x methods x steps, each call a batch
+        # of the 20 samples), with one CPU thread as in the demo.
+        calls = len(sizes) * len(METHODS) * model_steps
+        with one_cpu_thread(device), denoiser_progress(model, total=calls, desc=label):
+            rows = attention_study(
+                model, spec, out, sizes=sizes, steps=model_steps, seed=args.seed, label=label
+            )
         for size in sizes:
             for method in METHODS:
                 chosen = [  # layers seeing one key (N = 1, ln N = 0) have no ratio

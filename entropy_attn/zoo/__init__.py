@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._extras import needs
+
 WEIGHTS = Path(__file__).parent / "weights"
 MODELS = ("digits-unet", "digits-dit")
 
@@ -33,6 +35,7 @@ def weights_folder(name: str) -> Path:
     return folder
 
 
+@needs("diffusers", "transformers")
 def load_pipeline(name: str, device="cpu"):
     """Load a shipped zoo model through ``DiffusionPipeline.from_pretrained`` (offline).
 

@@ -20,6 +20,7 @@ import torch
 from .. import analysis
 from ..probe import attention_modules
 from ..processors import kind_of
+from ..sizes import format_size
 
 
 class LogitVariance:
@@ -109,7 +110,7 @@ def attention_study(
         by_method, variance = record(pipe, size, n=n, steps=steps, seed=seed, positions=positions)
         for method, layers in by_method.items():
             all_layers.extend(layers)
-            series[f"{size[0]}x{size[1]} {method}"] = layers
+            series[f"{format_size(size)} {method}"] = layers
             for layer in layers:
                 row = {"model": label, **layer.as_dict()}
                 # Cross-attention sees one key (the label token): entropy 0, ln N 0.
@@ -133,7 +134,7 @@ def attention_study(
     chosen = {
         k: v
         for k, v in series.items()
-        if k.rsplit(" ", 1)[0] in {f"{train[0]}x{train[1]}", f"{double[0]}x{double[1]}"}
+        if k.rsplit(" ", 1)[0] in {format_size(train), format_size(double)}
     }
     analysis.plot_layer_entropy(
         chosen, out_dir / f"fig6-{label}.png", title=f"{label}: per-layer self-attention entropy"

@@ -10,17 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._extras import require
+
 DIGIT_SIZE = 8
 MAX_VALUE = 16.0
 
 
 def _need_sklearn():
-    try:
-        import sklearn.datasets
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the digits testbed needs scikit-learn: pip install 'entropy-attn[zoo]'"
-        ) from error
+    require("sklearn", what="the digits testbed (scikit-learn's load_digits)")
+    import sklearn.datasets
+
     return sklearn.datasets
 
 

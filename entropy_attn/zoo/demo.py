@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..sizes import format_size
+
 DEFAULT_SIZES = ((8, 8), (4, 4), (12, 12), (16, 16), (8, 16))
 
 
@@ -21,11 +23,12 @@ def demo_grid(
 ) -> Path:
     """Write ``demo-<name>.png`` to ``out_dir`` and return its path.
 
-    Columns: the sizes (default training size 8x8, 0.5x, 1.5x, 2x and 8x16), each a 2x5 tile of
-    the digits 0-9. Rows: stock, entropy-attn (same noise per sample), and ``|difference|`` on
-    one colour scale from 0 to the largest difference in the picture (each panel's maximum in
-    its label; images span [-1, 1], so differences can reach 2). ``pipe`` overrides the loaded
-    model (e.g. a DiT with ``positions="extend"``). Takes a few seconds on 2 CPU cores.
+    Columns: the sizes (default training size 8x8, 0.5x, 1.5x, 2x and 16x8, width x height),
+    each a 2x5 tile of the digits 0-9. Rows: stock, entropy-attn (same noise per sample), and
+    ``|difference|`` on one colour scale from 0 to the largest difference in the picture (each
+    panel's maximum in its label; images span [-1, 1], so differences can reach 2). ``pipe``
+    overrides the loaded model (e.g. a DiT with ``positions="extend"``). Takes a few seconds on
+    2 CPU cores.
     """
     import matplotlib
 
@@ -90,14 +93,14 @@ def demo_grid(
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(f"{height}x{width}{tag}", fontsize=9)
+                ax.set_title(f"{format_size((height, width))}{tag}", fontsize=9)
             if row == 2:
                 ax.set_xlabel(f"max {diff.max().item():.2f}", fontsize=8)
             if col == 0:
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle(
         f"{name}: digits 0-9, DDIM {steps} steps, seed {seed}, same noise per column, "
-        "sizes height x width" + ("" if positions == "interpolate" else f", positions={positions}"),
+        "sizes width x height" + ("" if positions == "interpolate" else f", positions={positions}"),
         fontsize=10,
     )
     out_dir = Path(out_dir)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..sizes import format_size
 from .data import load_digits, to_digit_range, to_model_range
 
 Z_95 = 1.959963984540054
@@ -177,7 +178,7 @@ def evaluate(
         model: a zoo name (``"digits-unet"``, ``"digits-dit"``) or a pipeline from
             :func:`entropy_attn.zoo.load_pipeline`.
         sizes: image sizes, ints or ``(height, width)``; the default is the training size 8x8,
-            0.5x, 1.5x, 2x and 8x16.
+            0.5x, 1.5x, 2x and 16x8 (width x height).
         n_per_cell: samples per size and method (labels 0..9 in turn); the same noise (seeded
             by ``seed`` and the size) for both methods.
         steps: DDIM steps.
@@ -298,14 +299,14 @@ def write_results(
         "Frechet: on the SVC's 45 decision values vs held-out real digits put through the same "
         "resize. Real: held-out real digits resized to the size and classified the same way.",
         "",
-        "| size (h x w) | positions | method | accuracy [95% CI] | McNemar b/c, p | >=2 blobs | "
+        "| size (W x H) | positions | method | accuracy [95% CI] | McNemar b/c, p | >=2 blobs | "
         "Frechet | real acc | real >=2 blobs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         test = "" if r.mcnemar_p is None else f"{r.mcnemar_b}/{r.mcnemar_c}, p={r.mcnemar_p:.3g}"
         lines.append(
-            f"| {r.height}x{r.width} | {r.positions} | {r.method} | {r.accuracy:.1%} "
+            f"| {format_size((r.height, r.width))} | {r.positions} | {r.method} | {r.accuracy:.1%} "
             f"[{r.ci_low:.1%}, {r.ci_high:.1%}] | {test} | {r.multi_blob:.1%} | "
             f"{r.frechet:.1f} | {r.real_accuracy:.1%} | {r.real_multi_blob:.1%} |"
         )

@@ -146,6 +146,9 @@ class DigitsPipeline(DiffusionPipeline):
     """
 
     vae_scale_factor = 1
+    # The label is one (batch, 1, 10) token: cross-attention's T and N are 1 (the token probe
+    # counts with this, so `layers` and the recording agree).
+    denoiser_text_tokens = 1
     model_cpu_offload_seq = "denoiser"
 
     @property
