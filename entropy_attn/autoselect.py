@@ -50,7 +50,10 @@ def warn(message: str) -> None:
 
 def env_override() -> str | None:
     """``ENTROPY_ATTN_BACKEND`` as ``"triton"`` / ``"torch"``, ``None`` when unset or ``auto``."""
-    value = os.environ.get(ENV_BACKEND, "").strip().lower()
+    value = os.environ.get(ENV_BACKEND)
+    if value is None:  # the common case, kept cheap: this runs on every auto call on CUDA
+        return None
+    value = value.strip().lower()
     if value in ("", "auto"):
         return None
     if value in (FUSED, SDPA):
@@ -175,6 +178,8 @@ class AutoSelector:
         self._folder = folder
         self.margin = margin
         self._memory: dict[str, dict[str, dict]] = {}  # GPU name -> key -> decision
+        # The same decisions under a key that is cheap to build (no strings), checked first.
+        self._fast: dict[tuple, str] = {}
         self._names: dict[object, str] = {}  # torch.device -> GPU name
         self._version_info: dict[str, str] | None = None
 
@@ -259,17 +264,25 @@ class AutoSelector:
     ) -> str:
         """``"triton"`` or ``"torch"`` for this call: the cached decision, else (outside CUDA
         graph capture) a timing of ``fused`` against ``sdpa``, else ``SAFE_DEFAULT``."""
+        shape, strides = query.shape, query.stride()
+        fast = (
+            query.get_device(), query.dtype, shape[3], strides[1] < strides[2], strides[3] == 1,
+            (shape[2] - 1).bit_length(), (key.shape[2] - 1).bit_length(),
+        )  # fmt: skip
+        backend = self._fast.get(fast)
+        if backend is not None:
+            return backend
         gpu = self._gpu(query)
         decisions = self._decisions(gpu)
         entry = decision_key(query, key)
         known = decisions.get(entry)
-        if known is not None:
-            return known["backend"]
-        if self.capturing():
-            return SAFE_DEFAULT  # not remembered: timed at the next call outside a capture
-        decisions[entry] = self.decide(fused, sdpa)
-        self._write(gpu)
-        return decisions[entry]["backend"]
+        if known is None:
+            if self.capturing():
+                return SAFE_DEFAULT  # not remembered: timed at the next call outside a capture
+            known = decisions[entry] = self.decide(fused, sdpa)
+            self._write(gpu)
+        self._fast[fast] = known["backend"]
+        return known["backend"]
 
     def decide(self, fused: Callable[[], object], sdpa: Callable[[], object]) -> dict:
         """Time both and return the decision record (both times, in seconds per call)."""
@@ -289,6 +302,7 @@ class AutoSelector:
     def forget(self) -> None:
         """Drop the in-memory decisions (the files stay)."""
         self._memory.clear()
+        self._fast.clear()
 
 
 _selector: AutoSelector | None = None

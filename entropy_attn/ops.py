@@ -368,13 +368,16 @@ def _auto_backend(query, key, value, scale, return_entropy: bool) -> str:
     forced = autoselect.env_override()
     if forced is not None:
         return forced
-    kernel_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     return autoselect.selector().choose(
         query,
         key,
-        lambda: _attention_fwd(query, key, value, kernel_scale, False),
+        lambda: _attention_fwd(query, key, value, _kernel_scale(query, scale), False),
         lambda: _torch_attention(query, key, value, scale, False),
     )
+
+
+def _kernel_scale(query, scale) -> float:
+    return 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
 
 
 def _attention_auto_impl(
@@ -383,8 +386,7 @@ def _attention_auto_impl(
     """``backend="auto"`` without entropy, chosen when it runs: compiled code calls this op, so
     that tracing never times and a compiled graph uses the decision of the GPU it runs on."""
     if _auto_backend(query, key, value, scale, False) == "triton":
-        kernel_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-        return _attention_fwd(query, key, value, kernel_scale, False)[0]
+        return _attention_fwd(query, key, value, _kernel_scale(query, scale), False)[0]
     out = _torch_attention(query, key, value, scale, False)
     promised = torch.empty_like(query)  # the strides the fake below gives the compiler
     return out if out.stride() == promised.stride() else promised.copy_(out)
