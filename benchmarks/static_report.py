@@ -586,7 +586,9 @@ def peer_markdown(records: list[dict], peers: list[dict]) -> list[str]:
         " (A100 SXM4 108 SMs x 1.41 GHz, H100 SXM5 132 SMs x 1.83 GHz). It is a ceiling: on FA2"
         " it is above what FA2 measures. `calibrated` = model x (FA2 measured / FA2 modelled) at"
         " the nearest measured head dim (64 or 128), which assumes our kernel falls as far below"
-        " its ceiling as FA2 does below its own: an assumption, not a measurement.",
+        " its ceiling as FA2 does below its own: an assumption, not a measurement. On sm_90 the"
+        " model rates FA2's mma.sync at the wgmma rate ours uses; whatever mma.sync loses there"
+        " is in FA2's factor and so is charged to ours too.",
         "",
         f"Published measurements used ({CALIBRATION_SOURCES}).",
         "",
