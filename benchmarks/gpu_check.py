@@ -780,6 +780,44 @@ def auto_markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unet_large_markdown(benchmarks: list[dict]) -> str:
+    """The ``unet-large`` stage's table: per model and size, the stock step and ours
+    (``enable(backend="triton")``) and ``enable()`` (auto), with their ratios to stock."""
+    steps: dict[tuple, dict[str, float]] = {}
+    for entry in benchmarks:
+        info = entry["extra_info"]
+        if info.get("impl") == "unet" and info.get("variant") in LARGE_UNET_MODES:
+            key = (info["model"], info["image_size"])
+            if info["image_size"] in LARGE_UNETS.get(info["model"], ()):
+                steps.setdefault(key, {})[info["variant"]] = entry["stats"]["median"]
+    if not steps:
+        return ""
+    lines = [
+        "## UNet step at 768 and 1536 px: ours vs stock SDPA",
+        "",
+        "fp16, batch 2, random weights; median of 5 CUDA-event timed steps after 2 warm-up"
+        " steps; `enable(backend='triton')` runs our kernel in every self- and cross-attention,"
+        " `enable()` lets `backend='auto'` choose per shape.",
+        "",
+        "| model | px | stock ms | triton ms | triton/stock | auto ms | auto/stock |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (model, size), modes in sorted(steps.items()):
+        stock = modes.get("stock")
+
+        def ms(mode, modes=modes):
+            return "—" if mode not in modes else f"{modes[mode] * 1e3:.2f}"
+
+        def ratio(mode, modes=modes, stock=stock):
+            return "—" if mode not in modes or not stock else f"{modes[mode] / stock:.3f}"
+
+        lines.append(
+            f"| {model} | {size} | {ms('stock')} | {ms('enable-triton')}"
+            f" | {ratio('enable-triton')} | {ms('enable-auto')} | {ratio('enable-auto')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds in all")
@@ -829,10 +867,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import report
 
         report.main([str(path)])
-        if results.auto:
-            markdown = path.with_suffix(".md")
-            with markdown.open("a", encoding="utf-8") as handle:
-                handle.write("\n" + auto_markdown(results.auto))
+        extra = auto_markdown(results.auto) + unet_large_markdown(results.benchmarks)
+        if extra:
+            with path.with_suffix(".md").open("a", encoding="utf-8") as handle:
+                handle.write("\n" + extra)
     failed = [p for p in results.parity if not p["ok"]]
     return 1 if failed else 0
 

@@ -240,3 +240,25 @@ def test_auto_markdown_lists_each_decision_and_its_times():
     )
     assert "| torch (cached) | 30.0 | 25.0 | 25.5 | 25.0 | 1.020 |" in rows[1]
     assert gpu_check.auto_markdown([]) == ""
+
+
+def test_unet_large_markdown_gives_each_mode_against_stock(tmp_path: Path):
+    results = gpu_check.Results(tmp_path, "synthetic")
+    for model, size, mode, seconds in [
+        ("sdxl-base", 1536, "stock", 0.200),
+        ("sdxl-base", 1536, "enable-triton", 0.190),
+        ("sdxl-base", 1536, "enable-auto", 0.188),
+        ("sd21-base", 768, "stock", 0.050),
+        ("sd21-base", 768, "enable-triton", 0.055),
+        ("sd21-base", 512, "stock", 0.030),  # the 512 px stage: not in this table
+    ]:
+        info = {"device": "cuda", "impl": "unet", "variant": mode, "model": model}
+        info["image_size"] = size
+        results.benchmark(f"unet-{model}-{size}-{mode}", "unet", [seconds] * 5, 1, info)
+    lines = gpu_check.unet_large_markdown(results.benchmarks).splitlines()
+    rows = [line for line in lines if line.startswith("| sd")]
+    assert rows == [
+        "| sd21-base | 768 | 50.00 | 55.00 | 1.100 | — | — |",
+        "| sdxl-base | 1536 | 200.00 | 190.00 | 0.950 | 188.00 | 0.940 |",
+    ]
+    assert gpu_check.unet_large_markdown([]) == ""
