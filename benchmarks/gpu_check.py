@@ -19,6 +19,12 @@ no CUDA device or when the deadline leaves less than the time it needs):
 * ``kernel``: fp16 at eight SD and DiT shapes: the kernel with entropy off and on, SDPA forced
   onto FLASH, cuDNN and EFFICIENT, and the two entropy baselines: the LSE identity with stock SDPA
   (``benchmarks.common.lse_attention_entropy``) and the materialising PyTorch entropy;
+* ``auto``: ``backend="auto"``'s decision at each of those shapes (``entropy_attn.autoselect``,
+  timed afresh: its cache goes to ``<out>/autoselect-cache``) with the kernel's and SDPA's time
+  as it measured them, then ``attention(backend="auto")`` timed against a bare SDPA call;
+* ``unet-large``: one SD-2.1-base and one SDXL-base UNet step at 768 and 1536 px (fp16, batch 2):
+  stock SDPA, ``enable(backend="triton")`` (our kernel everywhere) and ``enable()`` (``auto``),
+  each the median of 5 CUDA-event timed steps after 2 warm-up steps;
 * ``host``: host cost per call on CUDA at a tiny shape (launch-bound: the wall time of 300
   back-to-back calls, no synchronisation in between), the kernel vs a bare SDPA call;
 * ``unet``: one SD-2.1-base UNet step at 512 px (fp16, batch 2, random weights from the shipped
@@ -55,10 +61,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(REPO_ROOT))
 DEFAULT_BUDGET_S = 330.0  # the device call gets 6 minutes: leave time to write and report
-STAGES = ("parity", "kernel", "host", "unet")
+STAGES = ("parity", "kernel", "auto", "unet-large", "host", "unet")
 # Seconds a stage needs at least to be worth starting (measured loosely on an H100 class GPU).
 ALARM_GRACE_S = 15.0  # the hard stop comes this long after the deadline
-STAGE_MIN_S = {"parity": 30.0, "kernel": 60.0, "host": 10.0, "unet": 45.0}
+STAGE_MIN_S = {
+    "parity": 30.0,
+    "kernel": 60.0,
+    "auto": 20.0,
+    "host": 10.0,
+    "unet": 45.0,
+    "unet-large": 60.0,
+}
 
 
 class DeadlineExceeded(Exception):
@@ -100,6 +113,7 @@ class Results:
         self.benchmarks: list[dict] = []
         self.skipped: list[dict] = []
         self.parity: list[dict] = []
+        self.auto: list[dict] = []  # backend="auto"'s decisions, with both timings
         self.environment: dict = {}
         self.started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -145,6 +159,7 @@ class Results:
             "environment": self.environment,
             "skipped": self.skipped,
             "parity": self.parity,
+            "auto": self.auto,
         }
         temporary = self.json_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(payload, indent=1, default=str) + "\n")
@@ -184,9 +199,12 @@ def install_wheels(repo: Path = REPO_ROOT) -> str:
 # Timing
 
 
-def cuda_times(fn: Callable[[], object], budget_s: float = 0.2, round_s: float = 2e-3):
+def cuda_times(
+    fn: Callable[[], object], budget_s: float = 0.2, round_s: float = 2e-3, min_rounds: int = 10
+):
     """Seconds per call of ``fn`` (already warm): CUDA-event times of rounds of back-to-back
-    calls, about ``round_s`` each, for about ``budget_s``; returns ``(times, iterations)``."""
+    calls, about ``round_s`` each, for about ``budget_s`` (at least ``min_rounds`` rounds);
+    returns ``(times, iterations)``."""
     import torch
 
     torch.cuda.synchronize()
@@ -195,7 +213,7 @@ def cuda_times(fn: Callable[[], object], budget_s: float = 0.2, round_s: float =
     torch.cuda.synchronize()
     per_call = max(time.perf_counter() - start, 1e-6)
     iterations = max(1, math.ceil(round_s / per_call))
-    rounds = min(max(10, math.ceil(budget_s / (per_call * iterations))), 100)
+    rounds = min(max(min_rounds, math.ceil(budget_s / (per_call * iterations))), 100)
     times = []
     for _ in range(rounds):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -423,6 +441,74 @@ def _bench_case(ctx: Context, case, dtype) -> None:
         ctx.results.benchmark(name, group_name(case, dtype, ctx.device), times, iterations, info)
 
 
+def stage_auto(ctx: Context) -> None:
+    """``backend="auto"`` at the kernel stage's shapes: its decision (timed now by a fresh
+    selector unless the cache folder already holds one) and its cost against a bare SDPA call."""
+    import torch
+
+    from entropy_attn import autoselect
+
+    selector = autoselect.AutoSelector()
+    previous = autoselect.set_selector(selector)
+    try:
+        for case in kernel_cases():
+            ctx.deadline.require(4.0, f"auto at {case.id}")
+            _auto_case(ctx, selector, case)
+            torch.cuda.empty_cache()
+    finally:
+        autoselect.set_selector(previous)
+
+
+def _auto_case(ctx: Context, selector, case) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    import entropy_attn
+    from benchmarks.common import group_name, make_qkv
+    from entropy_attn import autoselect
+
+    query, key, value = make_qkv(case, torch.float16, ctx.device)
+    scale = case.scale
+    cached = selector.lookup(query, key) is not None
+    entropy_attn.attention(query, key, value, scale)  # the first call decides
+    forced = autoselect.env_override()
+    decision = selector.lookup(query, key) or {"backend": forced}
+    calls = {
+        "auto": lambda: entropy_attn.attention(query, key, value, scale),
+        "sdpa": lambda: F.scaled_dot_product_attention(query, key, value, scale=scale),
+    }
+    medians = {}
+    for name, fn in calls.items():
+        fn()
+        times, iterations = cuda_times(fn)
+        medians[name] = statistics.median(times)
+        if name == "auto":
+            info = {
+                **case.info(),
+                "device": ctx.device,
+                "dtype": "float16",
+                "impl": "auto",
+                "variant": decision["backend"],
+                "entropy": False,
+                "baseline": "entropy_attn.attention(backend='auto')",
+            }
+            group = group_name(case, torch.float16, ctx.device)
+            ctx.results.benchmark(f"{case.id}-auto", group, times, iterations, info)
+    record = {
+        "case": case.id,
+        "key": autoselect.decision_key(query, key),
+        "gpu": torch.cuda.get_device_name(query.device),
+        "env_override": forced,
+        "cached": cached,
+        **decision,
+        "auto_call_s": medians["auto"],
+        "sdpa_call_s": medians["sdpa"],
+        "auto_over_sdpa": medians["auto"] / medians["sdpa"],
+    }
+    ctx.results.auto.append(record)
+    ctx.results.line("auto", **record)
+
+
 def stage_host(ctx: Context) -> None:
     import torch
     import torch.nn.functional as F
@@ -520,11 +606,99 @@ def stage_unet(ctx: Context) -> None:
         ctx.results.benchmark(f"unet-sd21-base-512px-{mode}", "unet", times, iterations, info)
 
 
+LARGE_UNETS = {"sd21-base": (768, 1536), "sdxl-base": (768, 1536)}
+LARGE_UNET_MODES = ("stock", "enable-triton", "enable-auto")
+
+
+def large_unet_inputs(name: str, image_size: int, device: str) -> dict:
+    """fp16 inputs of one guided step at ``image_size`` px, SDXL's added conditions included."""
+    import torch
+
+    from benchmarks.common import unet_inputs
+    from entropy_attn.configs import load_unet_config, vae_scale_factor
+
+    config = load_unet_config(name)
+    latent = image_size // vae_scale_factor(name)
+    inputs = unet_inputs(config, latent, torch.float16, device)
+    if config.get("addition_embed_type") == "text_time":  # SDXL: pooled text and size ids
+        batch = inputs["sample"].shape[0]
+        pooled = config["projection_class_embeddings_input_dim"]
+        pooled -= 6 * config["addition_time_embed_dim"]
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, device=device, dtype=torch.float16),
+            "time_ids": torch.tensor(
+                [[image_size, image_size, 0, 0, image_size, image_size]] * batch,
+                device=device,
+                dtype=torch.float16,
+            ),
+        }
+    return inputs
+
+
+def stage_unet_large(ctx: Context) -> None:
+    """SD-2.1-base and SDXL-base UNet steps at 768 and 1536 px: stock SDPA, our kernel
+    everywhere (``enable(backend="triton")``) and ``enable()`` (``backend="auto"``)."""
+    import torch
+
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as error:
+        ctx.results.skip("unet-large", f"diffusers does not import: {error!r}")
+        return
+    import entropy_attn
+    from entropy_attn.configs import build_denoiser
+
+    for model, sizes in LARGE_UNETS.items():
+        ctx.deadline.require(40.0, f"building the {model} UNet and a step")
+        unet = build_denoiser(model, device=ctx.device, dtype=torch.float16)
+        stock = dict(unet.attn_processors)
+        for image_size in sizes:
+            inputs = large_unet_inputs(model, image_size, ctx.device)
+
+            @torch.inference_mode()
+            def step(inputs=inputs, unet=unet):
+                return unet(**inputs, return_dict=False)[0]
+
+            for mode in LARGE_UNET_MODES:
+                ctx.deadline.require(8.0 if image_size < 1024 else 15.0, f"{model} {mode}")
+                if mode != "stock":
+                    backend = mode.removeprefix("enable-")
+                    entropy_attn.enable(unet, backend=backend)
+                try:
+                    for _ in range(2):
+                        step()
+                    times, iterations = cuda_times(step, budget_s=0.0, round_s=0.0, min_rounds=5)
+                finally:
+                    if mode != "stock":
+                        entropy_attn.disable(unet)
+                restored = unet.attn_processors
+                assert all(restored[k] is v for k, v in stock.items()), "disable did not restore"
+                info = {
+                    "device": ctx.device,
+                    "dtype": "float16",
+                    "impl": "unet",
+                    "variant": mode,
+                    "entropy": False,
+                    "baseline": f"UNet2DConditionModel step, {mode}",
+                    "model": model,
+                    "image_size": image_size,
+                    "latent_size": inputs["sample"].shape[-1],
+                    "batch": inputs["sample"].shape[0],
+                }
+                name = f"unet-{model}-{image_size}px-{mode}"
+                ctx.results.benchmark(name, "unet", times, iterations, info)
+            del inputs
+        del unet, stock
+        torch.cuda.empty_cache()
+
+
 STAGE_FUNCTIONS = {
     "parity": stage_parity,
     "kernel": stage_kernel,
+    "auto": stage_auto,
     "host": stage_host,
     "unet": stage_unet,
+    "unet-large": stage_unet_large,
 }
 
 
@@ -575,6 +749,75 @@ def hard_deadline(deadline: Deadline, grace_s: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+def auto_markdown(records: list[dict]) -> str:
+    """The ``auto`` stage's table: per shape, the decision, the two times it was made from, and
+    the measured cost of ``attention(backend="auto")`` over a bare SDPA call."""
+    if not records:
+        return ""
+
+    def us(seconds):
+        return "—" if seconds is None else f"{seconds * 1e6:.1f}"
+
+    lines = [
+        "## backend='auto' (entropy_attn.autoselect)",
+        "",
+        "Decision per shape (fp16, the kernel kept only when >= 2% faster than SDPA), the two"
+        " times it was made from (µs, CUDA-event medians), and `attention(backend='auto')` timed"
+        " afterwards against a bare SDPA call (`auto/SDPA`; <= 1 means auto did not lose).",
+        "",
+        "| case | key | chose | kernel µs | SDPA µs | auto call µs | SDPA call µs | auto/SDPA |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        chose = str(r.get("backend")) + (" (cached)" if r.get("cached") else "")
+        if r.get("env_override"):
+            chose += f" (ENTROPY_ATTN_BACKEND={r['env_override']})"
+        lines.append(
+            f"| {r['case']} | {r['key']} | {chose} | {us(r.get('fused_s'))}"
+            f" | {us(r.get('sdpa_s'))} | {us(r['auto_call_s'])} | {us(r['sdpa_call_s'])}"
+            f" | {r['auto_over_sdpa']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def unet_large_markdown(benchmarks: list[dict]) -> str:
+    """The ``unet-large`` stage's table: per model and size, the stock step and ours
+    (``enable(backend="triton")``) and ``enable()`` (auto), with their ratios to stock."""
+    steps: dict[tuple, dict[str, float]] = {}
+    for entry in benchmarks:
+        info = entry["extra_info"]
+        if info.get("impl") == "unet" and info.get("variant") in LARGE_UNET_MODES:
+            key = (info["model"], info["image_size"])
+            if info["image_size"] in LARGE_UNETS.get(info["model"], ()):
+                steps.setdefault(key, {})[info["variant"]] = entry["stats"]["median"]
+    if not steps:
+        return ""
+    lines = [
+        "## UNet step at 768 and 1536 px: ours vs stock SDPA",
+        "",
+        "fp16, batch 2, random weights; median of 5 CUDA-event timed steps after 2 warm-up"
+        " steps; `enable(backend='triton')` runs our kernel in every self- and cross-attention,"
+        " `enable()` lets `backend='auto'` choose per shape.",
+        "",
+        "| model | px | stock ms | triton ms | triton/stock | auto ms | auto/stock |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (model, size), modes in sorted(steps.items()):
+        stock = modes.get("stock")
+
+        def ms(mode, modes=modes):
+            return "—" if mode not in modes else f"{modes[mode] * 1e3:.2f}"
+
+        def ratio(mode, modes=modes, stock=stock):
+            return "—" if mode not in modes or not stock else f"{modes[mode] / stock:.3f}"
+
+        lines.append(
+            f"| {model} | {size} | {ms('stock')} | {ms('enable-triton')}"
+            f" | {ratio('enable-triton')} | {ms('enable-auto')} | {ratio('enable-auto')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds in all")
@@ -592,6 +835,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.autotune:
         os.environ["ENTROPY_ATTN_AUTOTUNE"] = "0"
+    # backend="auto"'s decisions go with the results (and are timed afresh in a fresh folder).
+    os.environ.setdefault("ENTROPY_ATTN_CACHE_DIR", str(out_dir / "autoselect-cache"))
     installed = install_wheels()
     import torch
 
@@ -609,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
                 "install": installed,
                 "autotune": args.autotune,
                 "budget_s": args.budget,
+                "autoselect_cache": os.environ["ENTROPY_ATTN_CACHE_DIR"],
             }
             ctx = Context(results=results, deadline=deadline, device="cuda" if cuda else "cpu")
             run_stages(ctx, args.stages, cuda=cuda)
@@ -621,6 +867,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import report
 
         report.main([str(path)])
+        extra = auto_markdown(results.auto) + unet_large_markdown(results.benchmarks)
+        if extra:
+            with path.with_suffix(".md").open("a", encoding="utf-8") as handle:
+                handle.write("\n" + extra)
     failed = [p for p in results.parity if not p["ok"]]
     return 1 if failed else 0
 

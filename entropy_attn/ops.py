@@ -3,8 +3,9 @@
 ``attention`` has SDPA's layout ``(batch, heads, seq, head_dim)``. ``backend="triton"`` runs the
 fused kernel from ``entropy_attn.kernels`` (CUDA tensors, or CPU tensors under
 ``TRITON_INTERPRET=1``); ``backend="torch"`` runs the PyTorch path (SDPA, and the entropy by the
-log-sum-exp identity or the materialising oracle); ``"auto"`` picks the kernel on CUDA when it
-supports the call and PyTorch otherwise.
+log-sum-exp identity or the materialising oracle); ``"auto"`` picks PyTorch off CUDA and where the
+kernel does not support the call; on CUDA it runs the kernel when the entropy is asked for, and
+otherwise whichever of the kernel and SDPA ``entropy_attn.autoselect`` measured faster.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import autoselect
 from ._extras import require
 from .reference import attention_entropy
 
@@ -350,11 +352,59 @@ def dispatch(query, key, value, scale, return_entropy: bool, backend: str):
     return _dispatch(query, key, value, scale, return_entropy, backend, compiling)
 
 
+def _auto_backend(query, key, value, scale, return_entropy: bool) -> str:
+    """``backend="auto"``'s choice on CUDA for a call the kernel supports: the kernel when the
+    entropy is asked for (nothing else gives it in one pass), else ``ENTROPY_ATTN_BACKEND`` or
+    the faster of the kernel and SDPA (:mod:`entropy_attn.autoselect`)."""
+    if return_entropy:
+        return "triton"
+    forced = autoselect.env_override()
+    if forced is not None:
+        return forced
+    return autoselect.selector().choose(
+        query,
+        key,
+        lambda: _attention_fwd(query, key, value, _kernel_scale(query, scale), False),
+        lambda: _torch_attention(query, key, value, scale, False),
+    )
+
+
+def _kernel_scale(query, scale) -> float:
+    return 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+
+
+def _attention_auto_impl(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None
+) -> torch.Tensor:
+    """``backend="auto"`` without entropy, chosen when it runs: compiled code calls this op, so
+    that tracing never times and a compiled graph uses the decision of the GPU it runs on."""
+    if _auto_backend(query, key, value, scale, False) == "triton":
+        return _attention_fwd(query, key, value, _kernel_scale(query, scale), False)[0]
+    out = _torch_attention(query, key, value, scale, False)
+    promised = torch.empty_like(query)  # the strides the fake below gives the compiler
+    return out if out.stride() == promised.stride() else promised.copy_(out)
+
+
+_attention_auto_op = torch.library.custom_op("entropy_attn::attention_auto", mutates_args=())(
+    _attention_auto_impl
+)
+
+
+@_attention_auto_op.register_fake
+def _attention_auto_fake(query, key, value, scale):
+    return torch.empty_like(query)
+
+
 def _dispatch(query, key, value, scale, return_entropy: bool, backend: str, compiling: bool):
     if backend == "torch" or (backend == "auto" and not query.is_cuda):
         return _torch_attention(query, key, value, scale, return_entropy)
     if _resolve_backend(backend, query, key, value) != "triton":
         return _torch_attention(query, key, value, scale, return_entropy)
+    if backend == "auto" and not return_entropy:
+        if compiling:
+            return _attention_auto_op(query, key, value, scale)
+        if _auto_backend(query, key, value, scale, False) == "torch":
+            return _torch_attention(query, key, value, scale, False)
     kernel_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     if compiling:
         out, entropy = _attention_fwd_op(query, key, value, kernel_scale, return_entropy)
@@ -391,8 +441,10 @@ def attention(
         backend: ``"triton"`` (fused kernel; CUDA, or CPU under ``TRITON_INTERPRET=1``),
             ``"torch"`` (PyTorch SDPA; the entropy by the log-sum-exp identity on the CPU, see
             :func:`entropy_lse`, and by the differentiable chunked ``log_softmax`` oracle when
-            autograd needs it or off the CPU) or ``"auto"`` (Triton on CUDA for fp16/bf16/fp32,
-            head_dim <= 256 and no autograd; PyTorch otherwise).
+            autograd needs it or off the CPU) or ``"auto"`` (on CUDA for fp16/bf16/fp32,
+            head_dim <= 256 and no autograd: Triton when ``return_entropy``, else whichever of
+            Triton and SDPA was measured faster on this GPU, see :mod:`entropy_attn.autoselect`;
+            PyTorch otherwise).
 
     Returns:
         ``out`` with ``query``'s shape and dtype, or ``(out, entropy)`` with ``entropy`` float32 of

@@ -26,6 +26,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from sass_count import Instruction, dump_sass, loop_counts, parse_sass  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -178,74 +179,17 @@ def resource_usage(cubin: bytes) -> dict:
     return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2))}
 
 
-SASS_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)([^;]*);")
-BRANCH = re.compile(r"0x([0-9a-f]+)")
-# Opcodes counted as FP32 arithmetic (the softmax work): adds, multiplies, FMAs, min/max,
-# selects and compares on fp32. Conversions (F2F, F2FP packing) are counted apart.
-FP32_OPS = ("FADD", "FMUL", "FFMA", "FMNMX", "FSEL", "FSETP", "FSET", "FCHK", "FRND")
-
-
-def sass(cubin: bytes) -> list[tuple[int, str, str]]:
-    """``(address, opcode, operands)`` of every SASS instruction of ``cubin`` (``cuobjdump``)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "kernel.cubin"
-        path.write_bytes(cubin)
-        text = subprocess.run(
-            [str(CUOBJDUMP), "-sass", str(path)], capture_output=True, text=True, check=True
-        ).stdout
-    found = (SASS_LINE.match(line) for line in text.splitlines())
-    return [(int(m.group(1), 16), m.group(2), m.group(3)) for m in found if m]
+def sass(cubin: bytes) -> list[Instruction]:
+    """Every SASS instruction of ``cubin`` (``cuobjdump``)."""
+    return parse_sass(dump_sass(CUOBJDUMP, cubin))
 
 
 def inner_loop_counts(cubin: bytes, logits_per_thread: int) -> dict | None:
-    """Instruction counts of the key loop's steady state, per thread and per logit.
-
-    The key loop is the backward branch (``BRA`` to a lower address) whose body holds the most
-    MMA instructions; its body runs once per full key tile, and each thread handles
-    ``BLOCK_M * BLOCK_N / threads`` logits of a tile. ``instructions`` counts the whole body;
-    the ``*_per_logit`` figures count the path a tile takes when every conditional forward branch
-    inside the body is taken (the conditional rescale skipped: the steady state once the row
-    maxima have settled), with ``conditional`` the instructions so skipped. Static counts, an
-    estimate of the work, not a timing."""
+    """The key loop's steady-state counts (``sass_count.loop_counts``), if ``cuobjdump`` is
+    bundled."""
     if not CUOBJDUMP.exists():
         return None
-    code = sass(cubin)
-    best = None
-    for address, opcode, operands in code:
-        target = BRANCH.search(operands)
-        if opcode != "BRA" or target is None or int(target.group(1), 16) >= address:
-            continue
-        body = [
-            (at, op, rest) for at, op, rest in code if int(target.group(1), 16) <= at <= address
-        ]
-        mma = sum(op.startswith(("HGMMA", "HMMA")) for _, op, _ in body)
-        if best is None or mma > best[0]:
-            best = (mma, body)
-    if best is None:
-        return None
-    body = best[1]
-    end = body[-1][0]
-    skipped = set()
-    for at, op, rest in body[:-1]:
-        target = BRANCH.search(rest)
-        if op == "BRA" and target is not None and at < int(target.group(1), 16) <= end:
-            skipped.update(a for a, _, _ in body if at < a < int(target.group(1), 16))
-    path = [op for at, op, _ in body if at not in skipped]
-    counts = {
-        "instructions": len(path),
-        "mma": sum(op.startswith(("HGMMA", "HMMA")) for op in path),
-        "ex2": sum(op == "MUFU.EX2" for op in path),
-        "fp32": sum(op.split(".")[0] in FP32_OPS for op in path),
-        "convert": sum(op.startswith(("F2F", "F2FP")) for op in path),
-    }
-    per_logit = {f"{k}_per_logit": round(v / logits_per_thread, 3) for k, v in counts.items()}
-    return {
-        **counts,
-        "body": len(body),
-        "conditional": len(skipped),
-        "logits_per_thread": logits_per_thread,
-        **per_logit,
-    }
+    return loop_counts(sass(cubin), logits_per_thread)
 
 
 def autotune_configs(dtype: str, head_dim: int, seq_k: int, arch: int):
