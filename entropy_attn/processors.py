@@ -80,6 +80,13 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _in_backward() -> bool:
+    """Whether this runs inside autograd's backward pass: gradient checkpointing recomputing a
+    forward, which must not be recorded again."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
 class _EntropyAttnBase:
     """Shared part: the scale for ``N`` keys, the attention call, and entropy recording."""
 
@@ -147,11 +154,15 @@ class _EntropyAttnBase:
             return dispatch_diffusers(
                 query, key, value, attention_mask, call_scale, self._attention_backend
             )
+        # A recomputation (gradient checkpointing) takes the recorded forward's path, unrecorded.
+        recomputed = record and _in_backward()
         # The fused entropy only where it cannot build an autograd graph: a recorded scalar must
         # never keep a graph (and the activations it saves) alive.
-        fused_entropy = record and attention_mask is None and not _needs_grad(query, key)
+        fused_entropy = (
+            record and not recomputed and attention_mask is None and not _needs_grad(query, key)
+        )
         out = self.attention(attn, query, key, value, scale, attention_mask, fused_entropy)
-        if not record:
+        if not record or recomputed:
             return out
         if fused_entropy:
             out, entropy = out
