@@ -697,6 +697,13 @@ def disable(pipe) -> None:
                 handle.disable()
 
 
+def handles(pipe) -> list[EntropyAttnHandle]:
+    """The enable calls in force on the pipeline's denoiser (or on a denoiser), oldest first; a
+    copy of an enabled denoiser (``copy.deepcopy``, ``pickle``, ``torch.save``) has its own."""
+    state = _DenoiserState.of(find_denoiser(pipe))
+    return [] if state is None else list(state.handles)
+
+
 @contextlib.contextmanager
 def enabled(pipe, **options) -> Iterator[EntropyAttnHandle]:
     """``with enabled(pipe, **options) as handle:`` runs the block with entropy-attn on, and
@@ -767,6 +774,7 @@ __all__ = [
     "enable",
     "enabled",
     "find_denoiser",
+    "handles",
     "layer_scale",
     "layer_table",
     "training_latent_size",

@@ -101,6 +101,21 @@ class EntropyRecorder:
         self._steps: OrderedDict[int, list[_Record]] = OrderedDict()
         self._means: dict[tuple, _Mean] = {}
 
+    def __getstate__(self) -> dict:
+        # A copy (copy.deepcopy, pickle, torch.save of an enabled denoiser) records on its own:
+        # it keeps the rows so far, with a lock of its own and no call open in any thread.
+        with self._lock:
+            state = self.__dict__.copy()
+            state["_steps"] = OrderedDict((step, list(rows)) for step, rows in self._steps.items())
+            state["_means"] = dict(self._means)
+        del state["_lock"], state["_local"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
     @property
     def step(self) -> int:
         """The last step taken (-1 before the first record)."""

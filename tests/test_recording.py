@@ -273,3 +273,49 @@ def test_r2_item5_gradient_checkpointing_records_each_forward_once(mode):
     for row, ref in zip(rows, reference, strict=True):
         assert row["entropy"] == pytest.approx(ref["entropy"], abs=1e-5)  # another entropy path
     entropy_attn.disable(pipe)
+
+
+def copied(model, how: str, tmp_path):
+    import copy
+    import pickle
+
+    if how == "deepcopy":
+        return copy.deepcopy(model)
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(model))
+    torch.save(model, tmp_path / "unet.pt")
+    return torch.load(tmp_path / "unet.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_r2_item7_recording_denoiser_can_be_copied_and_saved(how, tmp_path):
+    from entropy_attn.integration import handles
+
+    pipe = tiny_sd_pipeline()
+    stock = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+    inputs, other = unet_inputs(pipe, seed=1), unet_inputs(pipe, seed=2)
+    handle = entropy_attn.enable(pipe, record_entropy=True)
+    run(pipe, inputs)
+    first = handle.entropy_rows()
+    twin = copied(pipe.unet, how, tmp_path)
+    # The copy carries its own enable state and recorder, with the rows recorded so far.
+    (twin_handle,) = handles(twin)
+    assert twin_handle is not handle and twin_handle.recorder is not handle.recorder
+    assert twin_handle.denoiser is twin and twin_handle.active
+    assert twin_handle.entropy_rows() == first
+    with torch.no_grad():
+        twin(*other).sample
+    assert handle.entropy_rows() == first  # the original's recorder saw nothing of the copy's
+    rows = twin_handle.entropy_rows()
+    assert len(rows) == 2 * len(first) and {r["step"] for r in rows} == {0, 1}
+    run(pipe, other)
+    assert [r["entropy"] for r in handle.entropy_rows()[len(first) :]] == [
+        r["entropy"] for r in rows[len(first) :]
+    ]  # same weights, same input, same path: the same numbers
+    # disable on either one restores its own stock processors and leaves the other enabled.
+    entropy_attn.disable(twin)
+    assert {name: type(p) for name, p in twin.attn_processors.items()} == stock
+    assert handles(twin) == [] and handle.active
+    assert not twin._forward_pre_hooks and pipe.unet._forward_pre_hooks  # each its own hook
+    entropy_attn.disable(pipe)
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == stock
