@@ -304,7 +304,7 @@ def test_r2_item7_recording_denoiser_can_be_copied_and_saved(how, tmp_path):
     assert twin_handle.denoiser is twin and twin_handle.active
     assert twin_handle.entropy_rows() == first
     with torch.no_grad():
-        twin(*other).sample
+        twin(*other)
     assert handle.entropy_rows() == first  # the original's recorder saw nothing of the copy's
     rows = twin_handle.entropy_rows()
     assert len(rows) == 2 * len(first) and {r["step"] for r in rows} == {0, 1}
