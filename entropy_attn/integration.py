@@ -405,6 +405,12 @@ class EntropyAttnHandle:
         self._hook = hook
         modules = attention_modules(denoiser)
         self._modules = {name: modules[name] for name in installed}
+        # The diffusers backend each installed processor started with: a different one at
+        # disable was set by the user (set_attention_backend / reset_attention_backend while
+        # enabled) and goes on to the processor put back.
+        self._backends = {
+            name: getattr(p, "_attention_backend", None) for name, p in installed.items()
+        }
 
     @property
     def original_processors(self) -> dict:
@@ -462,6 +468,7 @@ class EntropyAttnHandle:
             return
         later = state.handles[state.handles.index(self) + 1 :]
         for name, mine in self.installed.items():
+            self._pass_on_backend(name, mine, self.previous[name])
             module = self._modules[name]
             if module.processor is mine:
                 module.set_processor(self.previous[name])
@@ -475,6 +482,12 @@ class EntropyAttnHandle:
         state.handles.remove(self)
         if not state.handles:
             delattr(self.denoiser, _STATE_ATTR)
+
+    def _pass_on_backend(self, name: str, mine, previous) -> None:
+        """A backend the user set on ``mine`` while it was installed goes to ``previous``."""
+        backend = getattr(mine, "_attention_backend", None)
+        if backend != self._backends[name] and hasattr(previous, "_attention_backend"):
+            previous._attention_backend = backend
 
     def __repr__(self) -> str:
         return (

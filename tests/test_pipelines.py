@@ -870,3 +870,43 @@ def test_vae_factor_of_pipelines_without_the_attribute():
     sr.register_modules(vqvae=None)
     assert _vae_scale_factor(sr, None) == 8
     assert _vae_scale_factor(sr.unet, None) == 8  # a bare model: the documented default
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19 item 1: a backend set or reset while enabled is what every layer has after disable
+
+
+@pytest.mark.parametrize("layout", ["plain", "exclude", "stacked"])
+def test_r2_item1_backend_set_while_enabled_survives_disable(layout):
+    from entropy_attn.probe import attention_modules
+
+    model = flux_model()
+    model.set_attention_backend("_native_math")
+    originals = processors_of([model])
+    options = {"text_tokens": FLUX_TEXT, "train_size": 128}
+    if layout == "exclude":
+        options["exclude"] = [next(iter(attention_modules(model)))]
+
+    def enable():
+        entropy_attn.enable(model, **options)
+        if layout == "stacked":
+            entropy_attn.enable(model, **options, record_entropy=True)
+
+    def backends():
+        found = [p._attention_backend for p in model.attn_processors.values()]
+        return {getattr(backend, "value", backend) for backend in found}  # enum -> its name
+
+    enable()
+    model.set_attention_backend("native")
+    entropy_attn.disable(model)
+    assert_same_objects(originals, [model])
+    assert backends() == {"native"}
+    enable()
+    model.reset_attention_backend()
+    entropy_attn.disable(model)
+    assert_same_objects(originals, [model])
+    assert backends() == {None}
+    # A backend named in enable() itself is entropy-attn's choice, not the user's: not kept.
+    entropy_attn.enable(model, **options, backend="_native_math")
+    entropy_attn.disable(model)
+    assert backends() == {None}
