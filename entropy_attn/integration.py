@@ -591,14 +591,15 @@ def enable(
             layer sees one key at the training size; the denoiser runs context parallelism;
             ``backend`` is unknown, or a diffusers backend whose package is missing; a
             ControlNet of a class entropy-attn cannot count tokens for (``controlnet=False``
-            leaves it stock). Nothing is changed when ``enable`` raises (the denoiser and every
-            ControlNet are judged first).
+            leaves it stock); a perturbed-attention guidance (PAG) pipeline. Nothing is
+            changed when ``enable`` raises (the denoiser and every ControlNet are judged first).
 
     Attention modules that do not run in the denoiser's forward (an IP-Adapter Plus image
     projection, say) have no training token count; they are left as they are, with a warning.
     """
     _recorder_for(record_entropy, record_last_steps)  # validated before anything changes
     check_backend(backend)
+    _refuse_pag(pipe)
     if not isinstance(controlnet, bool):
         raise TypeError(f"controlnet must be a bool, got {type(controlnet).__name__}")
     denoiser = find_denoiser(pipe)
@@ -623,6 +624,23 @@ def enable(
         handles.append(_install(plan, processors, recorder, backend))
     handles[0].controlnet_handles = tuple(handles[1:])
     return handles[0]
+
+
+def _refuse_pag(pipe) -> None:
+    """Perturbed-attention guidance pipelines install their own processors on
+    ``pag_applied_layers`` at every call: those would run at the stock scale, unrecorded."""
+    try:
+        from diffusers.pipelines.pag.pag_utils import PAGMixin
+    except ImportError:  # a diffusers without PAG
+        return
+    if isinstance(pipe, PAGMixin):
+        raise ValueError(
+            f"{type(pipe).__name__} is a perturbed-attention guidance (PAG) pipeline: at every "
+            "call it installs PAG processors on its pag_applied_layers, which would run at the "
+            "stock scale and go unrecorded. entropy-attn does not support PAG pipelines; build "
+            "the pipeline without PAG from the same components (e.g. "
+            "StableDiffusionPipeline(**pipe.components))"
+        )
 
 
 def _split_exclusion(exclude: LayerExclusion, models: list) -> list[LayerExclusion]:

@@ -910,3 +910,30 @@ def test_r2_item1_backend_set_while_enabled_survives_disable(layout):
     entropy_attn.enable(model, **options, backend="_native_math")
     entropy_attn.disable(model)
     assert backends() == {None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19 item 6: perturbed-attention guidance pipelines are refused, naming PAG
+
+
+@pytest.mark.parametrize(
+    "cls_name,build",
+    [
+        ("StableDiffusionPAGPipeline", tiny.tiny_sd_pipeline),
+        ("StableDiffusionXLPAGPipeline", tiny.tiny_sdxl_pipeline),
+    ],
+)
+def test_r2_item6_pag_pipelines_are_refused_naming_pag(cls_name, build):
+    base = build()
+    pipe = getattr(diffusers, cls_name)(**base.components, pag_applied_layers=["mid"])
+    before = processors_of([pipe.unet])
+    with pytest.raises(ValueError, match=r"perturbed-attention guidance \(PAG\)") as caught:
+        entropy_attn.enable(pipe)
+    assert cls_name in str(caught.value) and "pag_applied_layers" in str(caught.value)
+    with pytest.raises(ValueError, match="PAG"), entropy_attn.enabled(pipe, record_entropy=True):
+        pass
+    assert_same_objects(before, [pipe.unet])
+    assert not pipe.unet._forward_pre_hooks
+    # The same components in the pipeline without PAG are served as usual.
+    with entropy_attn.enabled(build().__class__(**base.components)) as handle:
+        assert handle.active
