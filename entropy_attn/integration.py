@@ -26,6 +26,7 @@ from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
 from .processors import (
     OWN_BACKENDS,
     EntropyAttnProcessor,
+    _EntropyAttnBase,
     backend_accepts_scale,
     base_scale_of,
     check_backend,
@@ -342,16 +343,55 @@ class _DenoiserState:
     it inherits ``previous`` instead, and a layer the user has since changed is left alone.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, denoiser: torch.nn.Module) -> None:
         self.handles: list[EntropyAttnHandle] = []
+        self.denoiser = denoiser
+        self._seen_originals = getattr(denoiser, "original_attn_processors", None)
+        self._seen_unbound = _EntropyAttnBase.unbound_made
+        self._hook = denoiser.register_forward_pre_hook(self.reconcile)
 
     @staticmethod
     def of(denoiser: torch.nn.Module, create: bool = False) -> _DenoiserState | None:
         state = getattr(denoiser, _STATE_ATTR, None)
         if state is None and create:
-            state = _DenoiserState()
+            state = _DenoiserState(denoiser)
             setattr(denoiser, _STATE_ATTR, state)
         return state
+
+    def close(self) -> None:
+        """The last handle is gone: remove the hook and the state from the denoiser."""
+        self._hook.remove()
+        delattr(self.denoiser, _STATE_ATTR)
+
+    def reconcile(self, *_hook_args) -> None:
+        """Put entropy-attn's processors back where diffusers itself moved them aside without
+        meaning to drop them (a forward pre-hook of the denoiser; also run by enable, disable
+        and ``handle.active``). Two cases, each noticed in O(1) per forward:
+
+        - ``fuse_qkv_projections()`` saved entropy-attn's processors in
+          ``original_attn_processors`` and set ``FusedAttnProcessor2_0`` everywhere: entropy-attn
+          reproduces that processor, so its own go back on (the fused one is what ``disable``
+          restores there);
+        - ``unload_ip_adapter()`` rebuilt each processor as ``value.__class__()``: an unbound
+          entropy-attn processor (see :class:`~entropy_attn.processors._EntropyAttnBase`) on a
+          layer gives way to the enable call's own.
+        """
+        originals = getattr(self.denoiser, "original_attn_processors", None)
+        if originals is not self._seen_originals:
+            self._seen_originals = originals
+            if isinstance(originals, dict):
+                for handle in self.handles:
+                    handle._retake_fused(originals)
+        if _EntropyAttnBase.unbound_made != self._seen_unbound:
+            self._seen_unbound = _EntropyAttnBase.unbound_made
+            top = {}  # layer -> the newest handle that installed a processor there
+            for handle in self.handles:
+                top.update(dict.fromkeys(handle.installed, handle))
+            for name, handle in top.items():
+                mine, module = handle.installed[name], handle._modules[name]
+                current = module.processor
+                if type(current) is type(mine) and current.name is None:
+                    module.set_processor(mine)
 
     def underlying(self, name: str, processor):
         """The processor below entropy-attn's on layer ``name``: what the layer held before the
@@ -368,6 +408,7 @@ def _judged_processors(denoiser, state: _DenoiserState | None) -> dict:
     modules = attention_modules(denoiser)
     if state is None:
         return {name: module.processor for name, module in modules.items()}
+    state.reconcile()
     return {name: state.underlying(name, module.processor) for name, module in modules.items()}
 
 
@@ -411,6 +452,18 @@ class EntropyAttnHandle:
         self._backends = {
             name: getattr(p, "_attention_backend", None) for name, p in installed.items()
         }
+        # Layers where fuse_qkv_projections() set a fused processor over this call's: what
+        # disable puts there (the model's projections stay fused until unfuse_qkv_projections).
+        self.fused: dict = {}
+
+    def _retake_fused(self, originals: dict) -> None:
+        for name, mine in self.installed.items():
+            module = self._modules[name]
+            fused = module.processor
+            saved = originals.get(f"{name}.processor")
+            if saved is mine and type(fused).__name__ == "FusedAttnProcessor2_0":
+                self.fused[name] = fused
+                module.set_processor(mine)
 
     @property
     def original_processors(self) -> dict:
@@ -430,6 +483,7 @@ class EntropyAttnHandle:
         state = _DenoiserState.of(self.denoiser)
         if state is None or self not in state.handles:
             return False
+        state.reconcile()
         return any(self._modules[name].processor is p for name, p in self.installed.items())
 
     def entropy_rows(self) -> list[dict]:
@@ -466,12 +520,17 @@ class EntropyAttnHandle:
         state = _DenoiserState.of(self.denoiser)
         if state is None or self not in state.handles:
             return
+        state.reconcile()
+        originals = getattr(self.denoiser, "original_attn_processors", None)
         later = state.handles[state.handles.index(self) + 1 :]
         for name, mine in self.installed.items():
             self._pass_on_backend(name, mine, self.previous[name])
+            if isinstance(originals, dict) and originals.get(f"{name}.processor") is mine:
+                # unfuse_qkv_projections() must not bring this call's processor back later.
+                originals[f"{name}.processor"] = self.previous[name]
             module = self._modules[name]
             if module.processor is mine:
-                module.set_processor(self.previous[name])
+                module.set_processor(self.fused.pop(name, self.previous[name]))
                 continue
             for handle in later:
                 if handle.previous.get(name) is mine:
@@ -481,7 +540,7 @@ class EntropyAttnHandle:
             self._hook.remove()
         state.handles.remove(self)
         if not state.handles:
-            delattr(self.denoiser, _STATE_ATTR)
+            state.close()
 
     def _pass_on_backend(self, name: str, mine, previous) -> None:
         """A backend the user set on ``mine`` while it was installed goes to ``previous``."""

@@ -88,18 +88,30 @@ def _in_backward() -> bool:
 
 
 class _EntropyAttnBase:
-    """Shared part: the scale for ``N`` keys, the attention call, and entropy recording."""
+    """Shared part: the scale for ``N`` keys, the attention call, and entropy recording.
+
+    Made without a layer name (``cls()``, as diffusers' ``unload_ip_adapter`` rebuilds every
+    processor with ``value.__class__()``), a processor is *unbound*: it computes what the stock
+    processor does at the layer's own scale and records nothing, and an enable call in force on
+    the model puts its own processor back on that layer before the model's next forward.
+    """
+
+    unbound_made = 0  # unbound processors made so far, in this process (see integration)
 
     def __init__(
         self,
-        name: str,
+        name: str | None = None,
         *,
-        train_tokens: int,
-        rescale: bool,
+        train_tokens: int = 0,
+        rescale: bool = False,
         backend: str = "auto",
         recorder: EntropyRecorder | None = None,
         attention_backend: str | None = None,
     ) -> None:
+        if name is None:
+            if rescale or recorder is not None:
+                raise ValueError("rescale and recorder need the layer's name and train_tokens")
+            _EntropyAttnBase.unbound_made += 1
         self.name = name
         self.train_tokens = int(train_tokens)
         self.rescale = bool(rescale)
@@ -354,7 +366,9 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
     ``L x N`` scores.
     """
 
-    def __init__(self, name: str, *, slice_size: int | None = None, **options) -> None:
+    def __init__(
+        self, name: str | None = None, *, slice_size: int | None = None, **options
+    ) -> None:
         super().__init__(name, **options)
         if slice_size is not None and (
             isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1

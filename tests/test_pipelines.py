@@ -937,3 +937,66 @@ def test_r2_item6_pag_pipelines_are_refused_naming_pag(cls_name, build):
     # The same components in the pipeline without PAG are served as usual.
     with entropy_attn.enabled(build().__class__(**base.components)) as handle:
         assert handle.active
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19 items 2 and 3: what diffusers does to processors while enabled
+
+
+def own_processors(unet) -> list[str]:
+    from entropy_attn.processors import _EntropyAttnBase
+
+    return [n for n, p in unet.attn_processors.items() if isinstance(p, _EntropyAttnBase)]
+
+
+@pytest.mark.parametrize("order", ["enable-then-fuse", "fuse-then-enable"])
+def test_r2_item2_fuse_qkv_projections_while_enabled(order):
+    pipe = tiny.tiny_sd_pipeline()
+    before = processors_of([pipe.unet])
+    stock = generate(pipe, HEIGHT, WIDTH)
+    with entropy_attn.enabled(pipe) as plain_handle:
+        expected = generate(pipe, HEIGHT, WIDTH)
+        layers = plain_handle.rescaled_layers
+    if order == "enable-then-fuse":
+        handle = entropy_attn.enable(pipe)
+        pipe.fuse_qkv_projections()
+    else:
+        pipe.fuse_qkv_projections()
+        handle = entropy_attn.enable(pipe)
+    assert handle.rescaled_layers == layers  # fused projections: the same layers
+    ours = generate(pipe, HEIGHT, WIDTH)
+    assert handle.active and len(own_processors(pipe.unet)) == len(before[0])
+    np.testing.assert_array_equal(ours, expected)  # same processors, same math: same bits
+    entropy_attn.disable(pipe)
+    assert own_processors(pipe.unet) == []
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {
+        "FusedAttnProcessor2_0"
+    }  # as fuse_qkv_projections left them
+    pipe.unfuse_qkv_projections()
+    assert own_processors(pipe.unet) == []
+    assert_same_objects(before, [pipe.unet])
+    np.testing.assert_array_equal(generate(pipe, HEIGHT, WIDTH), stock)
+
+
+def test_r2_item3_unload_ip_adapter_while_enabled():
+    pipe = tiny.tiny_sd_pipeline()
+    stock = generate(pipe, HEIGHT, WIDTH)
+    with entropy_attn.enabled(pipe):
+        expected = generate(pipe, HEIGHT, WIDTH)
+    install_ip_adapter(pipe.unet)
+    handle = entropy_attn.enable(pipe)
+    installed = dict(handle.installed)
+    pipe.unload_ip_adapter()
+    # Done in full: the image projection and its config entry gone, stock cross-attention back.
+    assert pipe.unet.encoder_hid_proj is None and pipe.unet.config.encoder_hid_dim_type is None
+    processors = pipe.unet.attn_processors
+    assert {type(processors[n]) for n in processors if "attn2" in n} == {AttnProcessor2_0}
+    ours = generate(pipe, HEIGHT, WIDTH)
+    # entropy-attn's processors carried over: the very objects, still rescaling.
+    assert handle.active
+    assert all(pipe.unet.get_submodule(n).processor is p for n, p in installed.items())
+    np.testing.assert_array_equal(ours, expected)
+    entropy_attn.disable(pipe)
+    assert own_processors(pipe.unet) == []
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+    np.testing.assert_array_equal(generate(pipe, HEIGHT, WIDTH), stock)
