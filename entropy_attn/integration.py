@@ -25,7 +25,10 @@ from .pipelines import controlnet_train_size, controlnets_of, enabled_models
 from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
 from .processors import (
     OWN_BACKENDS,
+    PAG_CHUNKS,
     EntropyAttnProcessor,
+    EntropyClassicAttnProcessor,
+    EntropyPAGProcessor,
     _EntropyAttnBase,
     backend_accepts_scale,
     base_scale_of,
@@ -455,6 +458,25 @@ class EntropyAttnHandle:
         # Layers where fuse_qkv_projections() set a fused processor over this call's: what
         # disable puts there (the model's projections stay fused until unfuse_qkv_projections).
         self.fused: dict = {}
+        # [pipeline, PAG processors found there, entropy-attn's] for a PAG pipeline (see enable)
+        self._pag: list | None = None
+
+    def __getstate__(self) -> dict:
+        # A copy of the denoiser (copy.deepcopy, pickle) is not part of the PAG pipeline.
+        return {**self.__dict__, "_pag": None}
+
+    def _undo_pag(self, later) -> None:
+        if self._pag is None:
+            return
+        pipe, found, ours = self._pag
+        self._pag = None
+        if getattr(pipe, "_pag_attn_processors", None) is ours:
+            pipe._pag_attn_processors = found
+            return
+        for handle in later:  # a later enable wrapped these: it restores what this one found
+            if handle._pag is not None and handle._pag[1] is ours:
+                handle._pag[1] = found
+                return
 
     def _retake_fused(self, originals: dict) -> None:
         for name, mine in self.installed.items():
@@ -523,6 +545,7 @@ class EntropyAttnHandle:
         state.reconcile()
         originals = getattr(self.denoiser, "original_attn_processors", None)
         later = state.handles[state.handles.index(self) + 1 :]
+        self._undo_pag(later)
         for name, mine in self.installed.items():
             self._pass_on_backend(name, mine, self.previous[name])
             if isinstance(originals, dict) and originals.get(f"{name}.processor") is mine:
@@ -650,15 +673,21 @@ def enable(
             layer sees one key at the training size; the denoiser runs context parallelism;
             ``backend`` is unknown, or a diffusers backend whose package is missing; a
             ControlNet of a class entropy-attn cannot count tokens for (``controlnet=False``
-            leaves it stock); a perturbed-attention guidance (PAG) pipeline. Nothing is
+            leaves it stock); a perturbed-attention guidance (PAG) pipeline whose PAG
+            processors are not the identity self-attention ones (SD3, HunyuanDiT). Nothing is
             changed when ``enable`` raises (the denoiser and every ControlNet are judged first).
+
+    Perturbed-attention guidance pipelines (``StableDiffusionPAGPipeline`` and the other UNet and
+    PixArt PAG pipelines): the PAG processors they install on ``pag_applied_layers`` at every
+    call are replaced by :class:`~entropy_attn.processors.EntropyPAGProcessor`, so those layers
+    get the scale and are recorded too; PAG's perturbed branch keeps its identity attention.
 
     Attention modules that do not run in the denoiser's forward (an IP-Adapter Plus image
     projection, say) have no training token count; they are left as they are, with a warning.
     """
     _recorder_for(record_entropy, record_last_steps)  # validated before anything changes
     check_backend(backend)
-    _refuse_pag(pipe)
+    pag = _pag_processors(pipe)
     if not isinstance(controlnet, bool):
         raise TypeError(f"controlnet must be a bool, got {type(controlnet).__name__}")
     denoiser = find_denoiser(pipe)
@@ -682,24 +711,46 @@ def enable(
         recorder = _recorder_for(record_entropy, record_last_steps)  # one per model
         handles.append(_install(plan, processors, recorder, backend))
     handles[0].controlnet_handles = tuple(handles[1:])
+    if pag is not None:
+        _install_pag(pipe, handles[0], pag)
     return handles[0]
 
 
-def _refuse_pag(pipe) -> None:
-    """Perturbed-attention guidance pipelines install their own processors on
-    ``pag_applied_layers`` at every call: those would run at the stock scale, unrecorded."""
+def _pag_processors(pipe) -> tuple | None:
+    """The two PAG processors a perturbed-attention guidance pipeline installs on its
+    ``pag_applied_layers`` at every call (``None`` for other pipelines); refuses the PAG
+    processors entropy-attn does not reproduce (SD3's joint, HunyuanDiT's)."""
     try:
         from diffusers.pipelines.pag.pag_utils import PAGMixin
     except ImportError:  # a diffusers without PAG
-        return
-    if isinstance(pipe, PAGMixin):
+        return None
+    if not isinstance(pipe, PAGMixin):
+        return None
+    found = getattr(pipe, "_pag_attn_processors", None)
+    stock = tuple(p.stock if isinstance(p, EntropyPAGProcessor) else p for p in found or ())
+    if len(stock) != 2 or any(type(p).__name__ not in PAG_CHUNKS for p in stock):
+        names = sorted({type(p).__name__ for p in stock}) or [repr(found)]
         raise ValueError(
-            f"{type(pipe).__name__} is a perturbed-attention guidance (PAG) pipeline: at every "
-            "call it installs PAG processors on its pag_applied_layers, which would run at the "
-            "stock scale and go unrecorded. entropy-attn does not support PAG pipelines; build "
-            "the pipeline without PAG from the same components (e.g. "
-            "StableDiffusionPipeline(**pipe.components))"
+            f"{type(pipe).__name__} is a perturbed-attention guidance (PAG) pipeline whose PAG "
+            f"processors ({', '.join(names)}) entropy-attn does not reproduce: on its "
+            "pag_applied_layers they would run at the stock scale, unrecorded. Supported: "
+            f"{sorted(PAG_CHUNKS)}; or build the pipeline without PAG from the same components"
         )
+    return found
+
+
+def _install_pag(pipe, handle: EntropyAttnHandle, found: tuple) -> None:
+    """PAG's processors in the pipeline become entropy-attn's: its guided chunks run through the
+    layer's processor of ``handle`` (scale and recording), the perturbed chunk stays identity."""
+    layers = {
+        handle._modules[name]: processor
+        for name, processor in handle.installed.items()
+        if isinstance(processor, EntropyAttnProcessor | EntropyClassicAttnProcessor)
+    }
+    stock = tuple(p.stock if isinstance(p, EntropyPAGProcessor) else p for p in found)
+    ours = tuple(EntropyPAGProcessor(p, layers) for p in stock)
+    pipe._pag_attn_processors = ours
+    handle._pag = [pipe, found, ours]
 
 
 def _split_exclusion(exclude: LayerExclusion, models: list) -> list[LayerExclusion]:

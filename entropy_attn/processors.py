@@ -572,6 +572,63 @@ class EntropyFluxAttnProcessor(_EntropyAttnBase):
         return hidden_states
 
 
+def _identity_attention(attn, hidden_states, temb):
+    """PAG's perturbed path, as diffusers' ``PAG*IdentitySelfAttnProcessor2_0`` computes it:
+    the attention map replaced by the identity, i.e. the value projection of each token."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    image_shape = None
+    if hidden_states.ndim == 4:
+        image_shape = hidden_states.shape
+        batch_size, channel, height, width = image_shape
+        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return _output(attn, attn.to_v(hidden_states), residual, image_shape)
+
+
+# The PAG processors a PAG pipeline installs on its pag_applied_layers at every call -> how many
+# batch chunks they split (CFG: uncond, cond, perturbed; without CFG: cond, perturbed).
+PAG_CHUNKS = {"PAGCFGIdentitySelfAttnProcessor2_0": 3, "PAGIdentitySelfAttnProcessor2_0": 2}
+
+
+class EntropyPAGProcessor:
+    """Stands in for diffusers' ``PAGCFGIdentitySelfAttnProcessor2_0`` /
+    ``PAGIdentitySelfAttnProcessor2_0`` (perturbed-attention guidance): the guided batch chunks
+    run through the layer's entropy-attn processor (its scale, its recording), the perturbed
+    chunk keeps PAG's identity attention. Layers without an entropy-attn processor of their own
+    (``layers`` maps attention module -> processor) get the stock PAG processor.
+    """
+
+    def __init__(self, stock, layers: dict) -> None:
+        self.stock = stock
+        self.layers = layers
+        self.chunks = PAG_CHUNKS[type(stock).__name__]
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        mine = self.layers.get(attn)
+        if mine is None:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        *guided, perturbed = hidden_states.chunk(self.chunks)
+        temb_guided = temb_perturbed = temb
+        if temb is not None:
+            *temb_chunks, temb_perturbed = temb.chunk(self.chunks)
+            temb_guided = torch.cat(temb_chunks)
+        out = mine(attn, torch.cat(guided), None, attention_mask, temb_guided)
+        return torch.cat([out, _identity_attention(attn, perturbed, temb_perturbed)])
+
+    def __repr__(self) -> str:
+        return f"EntropyPAGProcessor({type(self.stock).__name__}, {len(self.layers)} layers)"
+
+
 # Stock processor class name -> the entropy-attn processor that reproduces it. Processors not
 # listed (IP-Adapter, custom, ...) are never replaced silently.
 REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
@@ -601,6 +658,7 @@ __all__ = [
     "EntropyClassicAttnProcessor",
     "EntropyFluxAttnProcessor",
     "EntropyJointAttnProcessor",
+    "EntropyPAGProcessor",
     "base_scale_of",
     "head_dim_of",
     "kind_of",

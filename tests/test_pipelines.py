@@ -913,30 +913,68 @@ def test_r2_item1_backend_set_while_enabled_survives_disable(layout):
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 19 item 6: perturbed-attention guidance pipelines are refused, naming PAG
+# Issue 19 item 6: perturbed-attention guidance pipelines: PAG layers get the scale, are recorded
 
 
 @pytest.mark.parametrize(
-    "cls_name,build",
+    "cls_name,build,guidance",
     [
-        ("StableDiffusionPAGPipeline", tiny.tiny_sd_pipeline),
-        ("StableDiffusionXLPAGPipeline", tiny.tiny_sdxl_pipeline),
+        ("StableDiffusionPAGPipeline", tiny.tiny_sd_pipeline, 5.0),  # CFG: 3 batch chunks
+        ("StableDiffusionPAGPipeline", tiny.tiny_sd_pipeline, 1.0),  # no CFG: 2 chunks
+        ("StableDiffusionXLPAGPipeline", tiny.tiny_sdxl_pipeline, 5.0),
     ],
 )
-def test_r2_item6_pag_pipelines_are_refused_naming_pag(cls_name, build):
+def test_r2_item6_pag_layers_get_the_scale_and_are_recorded(cls_name, build, guidance, monkeypatch):
     base = build()
     pipe = getattr(diffusers, cls_name)(**base.components, pag_applied_layers=["mid"])
+    before, found = processors_of([pipe.unet]), pipe._pag_attn_processors
+    layers = len(before[0])
+
+    def run(height=HEIGHT, width=WIDTH):
+        return generate(pipe, height, width, pag_scale=3.0, guidance_scale=guidance)
+
+    stock, stock_train = run(), run(128, 128)
+    handle = entropy_attn.enable(pipe, record_entropy=True)
+    ours = run()
+    rows = handle.entropy_rows()
+    ours_train = run(128, 128)
+    entropy_attn.disable(pipe)
+    assert pipe._pag_attn_processors is found
+    assert_same_objects(before, [pipe.unet])
+    # Reference: the stock PAG pipeline with SDPA patched to log_scale(N, T, d) on self-attention
+    # (PAG's guided branch included; its perturbed branch has no softmax).
+    with expected_scale([pipe.unet], HEIGHT, WIDTH, monkeypatch) as applied:
+        plain = run()
+    assert applied
+    np.testing.assert_allclose(ours, plain, atol=2e-5, rtol=0)
+    assert np.abs(ours - stock).max() > 1e-3
+    np.testing.assert_array_equal(ours_train, stock_train)  # at the training size: stock bits
+    # Every layer once per step, the PAG layer (mid-block self-attention) included.
+    assert len(rows) == 2 * layers and {r["step"] for r in rows} == {0, 1}
+    pag_layers = {n.removesuffix(".processor") for n in before[0] if n.startswith("mid_block")}
+    pag_rows = [r for r in rows if r["layer"] in pag_layers and r["kind"] == "self"]
+    assert pag_rows and len(pag_rows) == 2 * len({r["layer"] for r in pag_rows})
+    assert all(r["scale"] != r["head_dim"] ** -0.5 for r in pag_rows)
+
+
+def test_r2_item6_pag_processors_entropy_attn_cannot_reproduce_are_refused():
+    pipe = diffusers.StableDiffusionPAGPipeline(
+        **tiny.tiny_sd_pipeline().components, pag_applied_layers=["mid"]
+    )
+    from diffusers.models.attention_processor import (
+        PAGCFGJointAttnProcessor2_0,
+        PAGJointAttnProcessor2_0,
+    )
+
+    pipe.set_pag_applied_layers(
+        ["mid"], pag_attn_processors=(PAGCFGJointAttnProcessor2_0(), PAGJointAttnProcessor2_0())
+    )
     before = processors_of([pipe.unet])
     with pytest.raises(ValueError, match=r"perturbed-attention guidance \(PAG\)") as caught:
         entropy_attn.enable(pipe)
-    assert cls_name in str(caught.value) and "pag_applied_layers" in str(caught.value)
-    with pytest.raises(ValueError, match="PAG"), entropy_attn.enabled(pipe, record_entropy=True):
-        pass
+    assert "PAGJointAttnProcessor2_0" in str(caught.value)
     assert_same_objects(before, [pipe.unet])
     assert not pipe.unet._forward_pre_hooks
-    # The same components in the pipeline without PAG are served as usual.
-    with entropy_attn.enabled(build().__class__(**base.components)) as handle:
-        assert handle.active
 
 
 # ---------------------------------------------------------------------------------------------
