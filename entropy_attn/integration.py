@@ -457,7 +457,7 @@ class EntropyAttnHandle:
         }
         # Layers where fuse_qkv_projections() set a fused processor over this call's: what
         # disable puts there (the model's projections stay fused until unfuse_qkv_projections).
-        self.fused: dict = {}
+        self._fused: dict = {}
         # [pipeline, PAG processors found there, entropy-attn's] for a PAG pipeline (see enable)
         self._pag: list | None = None
 
@@ -484,7 +484,7 @@ class EntropyAttnHandle:
             fused = module.processor
             saved = originals.get(f"{name}.processor")
             if saved is mine and type(fused).__name__ == "FusedAttnProcessor2_0":
-                self.fused[name] = fused
+                self._fused[name] = fused
                 module.set_processor(mine)
 
     @property
@@ -553,7 +553,7 @@ class EntropyAttnHandle:
                 originals[f"{name}.processor"] = self.previous[name]
             module = self._modules[name]
             if module.processor is mine:
-                module.set_processor(self.fused.pop(name, self.previous[name]))
+                module.set_processor(self._fused.pop(name, self.previous[name]))
                 continue
             for handle in later:
                 if handle.previous.get(name) is mine:
@@ -727,6 +727,8 @@ def _pag_processors(pipe) -> tuple | None:
     if not isinstance(pipe, PAGMixin):
         return None
     found = getattr(pipe, "_pag_attn_processors", None)
+    if found is None:  # no PAG processors set: diffusers itself refuses a PAG call
+        return None
     stock = tuple(p.stock if isinstance(p, EntropyPAGProcessor) else p for p in found or ())
     if len(stock) != 2 or any(type(p).__name__ not in PAG_CHUNKS for p in stock):
         names = sorted({type(p).__name__ for p in stock}) or [repr(found)]
