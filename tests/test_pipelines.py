@@ -1016,6 +1016,19 @@ def test_r2_item2_fuse_qkv_projections_while_enabled(order):
     np.testing.assert_array_equal(generate(pipe, HEIGHT, WIDTH), stock)
 
 
+def test_r2_item2_enable_fuse_disable_unfuse_without_a_run_between():
+    """The issue's sequence with no forward between the calls: nothing of entropy-attn left."""
+    pipe = tiny.tiny_sd_pipeline()
+    before = processors_of([pipe.unet])
+    handle = entropy_attn.enable(pipe)
+    pipe.fuse_qkv_projections()
+    assert handle.active  # entropy-attn's processors are back over the fused ones
+    entropy_attn.disable(pipe)
+    pipe.unfuse_qkv_projections()
+    assert own_processors(pipe.unet) == []
+    assert_same_objects(before, [pipe.unet])
+
+
 def test_r2_item3_unload_ip_adapter_while_enabled():
     pipe = tiny.tiny_sd_pipeline()
     stock = generate(pipe, HEIGHT, WIDTH)
