@@ -12,7 +12,9 @@ embeddings, masks, output projections) and replaces its attention call by
 - :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` (SD3: joint attention over
   image and text tokens);
 - :class:`EntropyFluxAttnProcessor` for ``FluxAttnProcessor`` (FLUX: joint and single-stream
-  blocks with rotary embeddings).
+  blocks with rotary embeddings);
+- :class:`EntropyPAGProcessor` for PAG's ``PAG(CFG)IdentitySelfAttnProcessor2_0`` (perturbed-
+  attention guidance: the guided chunks through the layer's processor above).
 
 The scale of a rescaled layer is ``base_scale * sqrt(ln N / ln T)`` with ``N`` the keys of the
 call and ``T`` the keys of the same layer at the training size; ``base_scale`` is the layer's own
