@@ -372,9 +372,9 @@ class _DenoiserState:
         and ``handle.active``). Two cases, each noticed in O(1) per forward:
 
         - ``fuse_qkv_projections()`` saved entropy-attn's processors in
-          ``original_attn_processors`` and set ``FusedAttnProcessor2_0`` everywhere: entropy-attn
-          reproduces that processor, so its own go back on (the fused one is what ``disable``
-          restores there);
+          ``original_attn_processors`` and set ``FusedAttnProcessor2_0`` (SD3:
+          ``FusedJointAttnProcessor2_0``) everywhere: entropy-attn reproduces it, so its own go
+          back on (the fused one is what ``disable`` restores there);
         - ``unload_ip_adapter()`` rebuilt each processor as ``value.__class__()``: an unbound
           entropy-attn processor (see :class:`~entropy_attn.processors._EntropyAttnBase`) on a
           layer gives way to the enable call's own.
@@ -483,7 +483,8 @@ class EntropyAttnHandle:
             module = self._modules[name]
             fused = module.processor
             saved = originals.get(f"{name}.processor")
-            if saved is mine and type(fused).__name__ == "FusedAttnProcessor2_0":
+            fused_kind = type(fused).__name__.startswith("Fused")  # fuse_qkv_projections()
+            if saved is mine and fused_kind and replacement_for(fused) is type(mine):
                 self._fused[name] = fused
                 module.set_processor(mine)
 

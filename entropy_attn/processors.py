@@ -9,8 +9,8 @@ embeddings, masks, output projections) and replaces its attention call by
   ``AttnProcessorNPU`` (whose attention kernels it replaces by SDPA / the fused kernel);
 - :class:`EntropyClassicAttnProcessor` for the classic ``AttnProcessor`` and for
   ``SlicedAttnProcessor`` (same ``baddbmm``/``softmax`` math, same slices);
-- :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` (SD3: joint attention over
-  image and text tokens);
+- :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` and
+  ``FusedJointAttnProcessor2_0`` (SD3: joint attention over image and text tokens);
 - :class:`EntropyFluxAttnProcessor` for ``FluxAttnProcessor`` (FLUX: joint and single-stream
   blocks with rotary embeddings);
 - :class:`EntropyPAGProcessor` for PAG's ``PAG(CFG)IdentitySelfAttnProcessor2_0`` (perturbed-
@@ -23,7 +23,8 @@ call and ``T`` the keys of the same layer at the training size; ``base_scale`` i
 Off the fused kernel (CPU, MPS, masked calls) a layer whose scale is unchanged (``N == T``, or a
 layer not selected) gives the same bits as the processor it replaced, for ``AttnProcessor2_0``,
 ``AttnProcessor``, ``SlicedAttnProcessor``, ``JointAttnProcessor2_0`` and ``FluxAttnProcessor``.
-``FusedAttnProcessor2_0`` (one fused QKV projection), ``XFormersAttnProcessor`` and
+``FusedAttnProcessor2_0`` and ``FusedJointAttnProcessor2_0`` (one fused QKV projection;
+entropy-attn uses the unfused ones, which diffusers keeps), ``XFormersAttnProcessor`` and
 ``AttnProcessorNPU`` (their own kernels) agree only to rounding. The fused kernel (CUDA) agrees
 with every one of them to rounding, not bit for bit.
 """
@@ -641,6 +642,7 @@ REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
     "SlicedAttnProcessor": EntropyClassicAttnProcessor,
     "XFormersAttnProcessor": EntropyAttnProcessor,
     "JointAttnProcessor2_0": EntropyJointAttnProcessor,
+    "FusedJointAttnProcessor2_0": EntropyJointAttnProcessor,
     "FluxAttnProcessor": EntropyFluxAttnProcessor,
     "FluxAttnProcessor2_0": EntropyFluxAttnProcessor,
 }
