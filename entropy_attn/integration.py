@@ -26,7 +26,11 @@ from .pipelines import controlnet_train_size, controlnets_of, enabled_models
 from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
 from .processors import (
     OWN_BACKENDS,
+    PAG_CHUNKS,
     EntropyAttnProcessor,
+    EntropyClassicAttnProcessor,
+    EntropyPAGProcessor,
+    _EntropyAttnBase,
     backend_accepts_scale,
     base_scale_of,
     check_backend,
@@ -346,16 +350,55 @@ class _DenoiserState:
     it inherits ``previous`` instead, and a layer the user has since changed is left alone.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, denoiser: torch.nn.Module) -> None:
         self.handles: list[EntropyAttnHandle] = []
+        self.denoiser = denoiser
+        self._seen_originals = getattr(denoiser, "original_attn_processors", None)
+        self._seen_unbound = _EntropyAttnBase.unbound_made
+        self._hook = denoiser.register_forward_pre_hook(self.reconcile)
 
     @staticmethod
     def of(denoiser: torch.nn.Module, create: bool = False) -> _DenoiserState | None:
         state = getattr(denoiser, _STATE_ATTR, None)
         if state is None and create:
-            state = _DenoiserState()
+            state = _DenoiserState(denoiser)
             setattr(denoiser, _STATE_ATTR, state)
         return state
+
+    def close(self) -> None:
+        """The last handle is gone: remove the hook and the state from the denoiser."""
+        self._hook.remove()
+        delattr(self.denoiser, _STATE_ATTR)
+
+    def reconcile(self, *_hook_args) -> None:
+        """Put entropy-attn's processors back where diffusers itself moved them aside without
+        meaning to drop them (a forward pre-hook of the denoiser; also run by enable, disable
+        and ``handle.active``). Two cases, each noticed in O(1) per forward:
+
+        - ``fuse_qkv_projections()`` saved entropy-attn's processors in
+          ``original_attn_processors`` and set ``FusedAttnProcessor2_0`` (SD3:
+          ``FusedJointAttnProcessor2_0``) everywhere: entropy-attn reproduces it, so its own go
+          back on (the fused one is what ``disable`` restores there);
+        - ``unload_ip_adapter()`` rebuilt each processor as ``value.__class__()``: an unbound
+          entropy-attn processor (see :class:`~entropy_attn.processors._EntropyAttnBase`) on a
+          layer gives way to the enable call's own.
+        """
+        originals = getattr(self.denoiser, "original_attn_processors", None)
+        if originals is not self._seen_originals:
+            self._seen_originals = originals
+            if isinstance(originals, dict):
+                for handle in self.handles:
+                    handle._retake_fused(originals)
+        if _EntropyAttnBase.unbound_made != self._seen_unbound:
+            self._seen_unbound = _EntropyAttnBase.unbound_made
+            top = {}  # layer -> the newest handle that installed a processor there
+            for handle in self.handles:
+                top.update(dict.fromkeys(handle.installed, handle))
+            for name, handle in top.items():
+                mine, module = handle.installed[name], handle._modules[name]
+                current = module.processor
+                if type(current) is type(mine) and current.name is None:
+                    module.set_processor(mine)
 
     def underlying(self, name: str, processor):
         """The processor below entropy-attn's on layer ``name``: what the layer held before the
@@ -372,6 +415,7 @@ def _judged_processors(denoiser, state: _DenoiserState | None) -> dict:
     modules = attention_modules(denoiser)
     if state is None:
         return {name: module.processor for name, module in modules.items()}
+    state.reconcile()
     return {name: state.underlying(name, module.processor) for name, module in modules.items()}
 
 
@@ -409,6 +453,44 @@ class EntropyAttnHandle:
         self._hook = hook
         modules = attention_modules(denoiser)
         self._modules = {name: modules[name] for name in installed}
+        # The diffusers backend each installed processor started with: a different one at
+        # disable was set by the user (set_attention_backend / reset_attention_backend while
+        # enabled) and goes on to the processor put back.
+        self._backends = {
+            name: getattr(p, "_attention_backend", None) for name, p in installed.items()
+        }
+        # Layers where fuse_qkv_projections() set a fused processor over this call's: what
+        # disable puts there (the model's projections stay fused until unfuse_qkv_projections).
+        self._fused: dict = {}
+        # [pipeline, PAG processors found there, entropy-attn's] for a PAG pipeline (see enable)
+        self._pag: list | None = None
+
+    def __getstate__(self) -> dict:
+        # A copy of the denoiser (copy.deepcopy, pickle) is not part of the PAG pipeline.
+        return {**self.__dict__, "_pag": None}
+
+    def _undo_pag(self, later) -> None:
+        if self._pag is None:
+            return
+        pipe, found, ours = self._pag
+        self._pag = None
+        if getattr(pipe, "_pag_attn_processors", None) is ours:
+            pipe._pag_attn_processors = found
+            return
+        for handle in later:  # a later enable wrapped these: it restores what this one found
+            if handle._pag is not None and handle._pag[1] is ours:
+                handle._pag[1] = found
+                return
+
+    def _retake_fused(self, originals: dict) -> None:
+        for name, mine in self.installed.items():
+            module = self._modules[name]
+            fused = module.processor
+            saved = originals.get(f"{name}.processor")
+            fused_kind = type(fused).__name__.startswith("Fused")  # fuse_qkv_projections()
+            if saved is mine and fused_kind and replacement_for(fused) is type(mine):
+                self._fused[name] = fused
+                module.set_processor(mine)
 
     @property
     def original_processors(self) -> dict:
@@ -428,6 +510,7 @@ class EntropyAttnHandle:
         state = _DenoiserState.of(self.denoiser)
         if state is None or self not in state.handles:
             return False
+        state.reconcile()
         return any(self._modules[name].processor is p for name, p in self.installed.items())
 
     def entropy_rows(self) -> list[dict]:
@@ -464,11 +547,18 @@ class EntropyAttnHandle:
         state = _DenoiserState.of(self.denoiser)
         if state is None or self not in state.handles:
             return
+        state.reconcile()
+        originals = getattr(self.denoiser, "original_attn_processors", None)
         later = state.handles[state.handles.index(self) + 1 :]
+        self._undo_pag(later)
         for name, mine in self.installed.items():
+            self._pass_on_backend(name, mine, self.previous[name])
+            if isinstance(originals, dict) and originals.get(f"{name}.processor") is mine:
+                # unfuse_qkv_projections() must not bring this call's processor back later.
+                originals[f"{name}.processor"] = self.previous[name]
             module = self._modules[name]
             if module.processor is mine:
-                module.set_processor(self.previous[name])
+                module.set_processor(self._fused.pop(name, self.previous[name]))
                 continue
             for handle in later:
                 if handle.previous.get(name) is mine:
@@ -478,7 +568,13 @@ class EntropyAttnHandle:
             self._hook.remove()
         state.handles.remove(self)
         if not state.handles:
-            delattr(self.denoiser, _STATE_ATTR)
+            state.close()
+
+    def _pass_on_backend(self, name: str, mine, previous) -> None:
+        """A backend the user set on ``mine`` while it was installed goes to ``previous``."""
+        backend = getattr(mine, "_attention_backend", None)
+        if backend != self._backends[name] and hasattr(previous, "_attention_backend"):
+            previous._attention_backend = backend
 
     def __repr__(self) -> str:
         return (
@@ -583,14 +679,21 @@ def enable(
             layer sees one key at the training size; the denoiser runs context parallelism;
             ``backend`` is unknown, or a diffusers backend whose package is missing; a
             ControlNet of a class entropy-attn cannot count tokens for (``controlnet=False``
-            leaves it stock). Nothing is changed when ``enable`` raises (the denoiser and every
-            ControlNet are judged first).
+            leaves it stock); a perturbed-attention guidance (PAG) pipeline whose PAG
+            processors are not the identity self-attention ones (SD3, HunyuanDiT). Nothing is
+            changed when ``enable`` raises (the denoiser and every ControlNet are judged first).
+
+    Perturbed-attention guidance pipelines (``StableDiffusionPAGPipeline`` and the other UNet and
+    PixArt PAG pipelines): the PAG processors they install on ``pag_applied_layers`` at every
+    call are replaced by :class:`~entropy_attn.processors.EntropyPAGProcessor`, so those layers
+    get the scale and are recorded too; PAG's perturbed branch keeps its identity attention.
 
     Attention modules that do not run in the denoiser's forward (an IP-Adapter Plus image
     projection, say) have no training token count; they are left as they are, with a warning.
     """
     _recorder_for(record_entropy, record_last_steps)  # validated before anything changes
     check_backend(backend)
+    pag = _pag_processors(pipe)
     if not isinstance(controlnet, bool):
         raise TypeError(f"controlnet must be a bool, got {type(controlnet).__name__}")
     denoiser = find_denoiser(pipe)
@@ -614,7 +717,48 @@ def enable(
         recorder = _recorder_for(record_entropy, record_last_steps)  # one per model
         handles.append(_install(plan, processors, recorder, backend))
     handles[0].controlnet_handles = tuple(handles[1:])
+    if pag is not None:
+        _install_pag(pipe, handles[0], pag)
     return handles[0]
+
+
+def _pag_processors(pipe) -> tuple | None:
+    """The two PAG processors a perturbed-attention guidance pipeline installs on its
+    ``pag_applied_layers`` at every call (``None`` for other pipelines); refuses the PAG
+    processors entropy-attn does not reproduce (SD3's joint, HunyuanDiT's)."""
+    try:
+        from diffusers.pipelines.pag.pag_utils import PAGMixin
+    except ImportError:  # a diffusers without PAG
+        return None
+    if not isinstance(pipe, PAGMixin):
+        return None
+    found = getattr(pipe, "_pag_attn_processors", None)
+    if found is None:  # no PAG processors set: diffusers itself refuses a PAG call
+        return None
+    stock = tuple(p.stock if isinstance(p, EntropyPAGProcessor) else p for p in found or ())
+    if len(stock) != 2 or any(type(p).__name__ not in PAG_CHUNKS for p in stock):
+        names = sorted({type(p).__name__ for p in stock}) or [repr(found)]
+        raise ValueError(
+            f"{type(pipe).__name__} is a perturbed-attention guidance (PAG) pipeline whose PAG "
+            f"processors ({', '.join(names)}) entropy-attn does not reproduce: on its "
+            "pag_applied_layers they would run at the stock scale, unrecorded. Supported: "
+            f"{sorted(PAG_CHUNKS)}; or build the pipeline without PAG from the same components"
+        )
+    return found
+
+
+def _install_pag(pipe, handle: EntropyAttnHandle, found: tuple) -> None:
+    """PAG's processors in the pipeline become entropy-attn's: its guided chunks run through the
+    layer's processor of ``handle`` (scale and recording), the perturbed chunk stays identity."""
+    layers = {
+        handle._modules[name]: processor
+        for name, processor in handle.installed.items()
+        if isinstance(processor, EntropyAttnProcessor | EntropyClassicAttnProcessor)
+    }
+    stock = tuple(p.stock if isinstance(p, EntropyPAGProcessor) else p for p in found)
+    ours = tuple(EntropyPAGProcessor(p, layers) for p in stock)
+    pipe._pag_attn_processors = ours
+    handle._pag = [pipe, found, ours]
 
 
 def _split_exclusion(exclude: LayerExclusion, models: list) -> list[LayerExclusion]:
@@ -702,6 +846,13 @@ def disable(pipe) -> None:
                 handle.disable()
 
 
+def handles(pipe) -> list[EntropyAttnHandle]:
+    """The enable calls in force on the pipeline's denoiser (or on a denoiser), oldest first; a
+    copy of an enabled denoiser (``copy.deepcopy``, ``pickle``, ``torch.save``) has its own."""
+    state = _DenoiserState.of(find_denoiser(pipe))
+    return [] if state is None else list(state.handles)
+
+
 @contextlib.contextmanager
 def enabled(pipe, **options) -> Iterator[EntropyAttnHandle]:
     """``with enabled(pipe, **options) as handle:`` runs the block with entropy-attn on, and
@@ -773,6 +924,7 @@ __all__ = [
     "enable",
     "enabled",
     "find_denoiser",
+    "handles",
     "layer_scale",
     "layer_table",
     "training_latent_size",

@@ -245,10 +245,12 @@ def _resolve_backend(backend: str, query, key, value) -> str:
     return "torch"
 
 
-# |LSE| above which a row's fast entropy is recomputed by the oracle: H = LSE - scale <q, k_bar>
-# subtracts two numbers of size ~|LSE|, so fp32 rounding costs ~|LSE| * 1e-7 nats; below 256
-# that is at most a few 1e-5, the oracle's own error at such logits.
-_LSE_EXACT_LIMIT = 256.0
+# Magnitude above which a row's fast entropy is recomputed by the oracle. H = LSE - scale <q, k_bar>
+# subtracts numbers of size ~|LSE|, and k_bar = sum_j p_j k_j carries fp32 rounding of
+# ~eps * max_j |k_j| per component even where q.k cancels (large keys along directions q sums to
+# ~0): the row's error is ~2e-7 * (|LSE| + scale * sum_d |q_d| max_j |k_jd|). Below 128 that is
+# at most ~3e-5 nats, the oracle's own error at such logits; ordinary activations stay far below.
+_LSE_EXACT_LIMIT = 128.0
 
 
 def _flash_cpu_available() -> bool:
@@ -257,12 +259,18 @@ def _flash_cpu_available() -> bool:
 
 def _lse_entropy(query, key, k_bar, lse, scale: float) -> torch.Tensor:
     """``H = LSE - scale <q, k_bar>`` per row (float32; in place on ``lse``, whose dtype the flash
-    op gives ``query`` too), with rows whose ``|LSE| > 256`` recomputed by the oracle and
-    rounding's ``-1e-7`` clamped to 0 (NaN kept)."""
-    unstable = lse.abs() > _LSE_EXACT_LIMIT
+    op gives ``query`` too), with rows whose rounding bound (see ``_LSE_EXACT_LIMIT``) exceeds 128
+    recomputed by the oracle in float64, and rounding's ``-1e-7`` clamped to 0 (NaN kept)."""
+    key_max = key.abs().amax(dim=-2, keepdim=True)  # (batch, heads, 1, head_dim)
+    magnitude = torch.linalg.vecdot(query.abs(), key_max).mul_(scale).add_(lse.abs())
+    unstable = magnitude > _LSE_EXACT_LIMIT
     entropy = lse.sub_(torch.linalg.vecdot(query, k_bar), alpha=scale).clamp_(min=0.0)  # NaN kept
-    if bool(unstable.any()):
-        entropy = torch.where(unstable, attention_entropy(query, key, scale), entropy)
+    heads = unstable.any(dim=-1)
+    if bool(heads.any()):
+        # The heads with such rows, in float64: the fp32 oracle's own logits would round the
+        # cancelling products as well.
+        exact = attention_entropy(query[heads].double(), key[heads].double(), scale)
+        entropy[heads] = torch.where(unstable[heads], exact.to(entropy.dtype), entropy[heads])
     return entropy.to(torch.float32)
 
 
@@ -272,9 +280,12 @@ def entropy_lse(query: torch.Tensor, key: torch.Tensor, scale: float | None = No
     With ``p = softmax(s q K^T)`` and ``LSE = log sum_j exp(s q.k_j)``,
     ``H = -sum_j p_j (s q.k_j - LSE) = LSE - s <q, sum_j p_j k_j>``: one flash-attention call
     (PyTorch's CPU kernel, which also returns the LSE) with the keys as values, then a dot
-    product per row. Computed in fp32 (fp16/bf16 inputs are upcast; fp64 stays fp64). Rows with
-    ``|LSE| > 256``, where the fp32 subtraction would lose more than ~1e-5 to rounding, are
-    recomputed by the materialising oracle :func:`entropy_attn.reference.attention_entropy`. NaN
+    product per row. Computed in fp32 (fp16/bf16 inputs are upcast; fp64 stays fp64). Rows where
+    fp32 rounding could cost more than ~3e-5 nats (``|LSE| + scale * sum_d |q_d| max_j |k_jd|
+    > 128``: large logits, or large key components that cancel in ``q.k`` but not in
+    ``sum_j p_j k_j``) are recomputed by the materialising oracle
+    :func:`entropy_attn.reference.attention_entropy` in float64 (only the heads with such rows).
+    NaN
     inputs give NaN rows. Forward only.
 
     Args:

@@ -192,8 +192,9 @@ def _probe(cls_name: str, config_json: str, height: int, width: int, text_tokens
     config = json.loads(config_json)
     if cls_name not in _INPUT_BUILDERS:
         raise NotImplementedError(
-            f"entropy-attn cannot count tokens for {cls_name} yet; "
-            f"supported denoisers: {sorted(_INPUT_BUILDERS)}"
+            f"entropy-attn cannot count tokens for {cls_name} yet (the token probe rebuilds "
+            f"diffusers' own classes by name, and a subclass is none of them); supported "
+            f"denoisers: {sorted(_INPUT_BUILDERS)}"
         )
     with torch.device("meta"):
         model = getattr(diffusers, cls_name).from_config(config)
@@ -249,6 +250,8 @@ def probe_tokens(
     config_json = json.dumps(dict(model.config), sort_keys=True, default=str)
     try:
         return dict(_probe(type(model).__name__, config_json, height, width, int(text_tokens)))
+    except NotImplementedError:
+        raise  # a refusal that names the unsupported feature (a RuntimeError subclass)
     except RuntimeError as error:  # e.g. UNet2DModel's skip connections at an odd size
         raise ValueError(
             f"a latent of height {height} and width {width} cannot run through "

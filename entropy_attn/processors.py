@@ -9,10 +9,12 @@ embeddings, masks, output projections) and replaces its attention call by
   ``AttnProcessorNPU`` (whose attention kernels it replaces by SDPA / the fused kernel);
 - :class:`EntropyClassicAttnProcessor` for the classic ``AttnProcessor`` and for
   ``SlicedAttnProcessor`` (same ``baddbmm``/``softmax`` math, same slices);
-- :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` (SD3: joint attention over
-  image and text tokens);
+- :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` and
+  ``FusedJointAttnProcessor2_0`` (SD3: joint attention over image and text tokens);
 - :class:`EntropyFluxAttnProcessor` for ``FluxAttnProcessor`` (FLUX: joint and single-stream
-  blocks with rotary embeddings).
+  blocks with rotary embeddings);
+- :class:`EntropyPAGProcessor` for PAG's ``PAG(CFG)IdentitySelfAttnProcessor2_0`` (perturbed-
+  attention guidance: the guided chunks through the layer's processor above).
 
 The scale of a rescaled layer is ``base_scale * sqrt(ln N / ln T)`` with ``N`` the keys of the
 call and ``T`` the keys of the same layer at the training size; ``base_scale`` is the layer's own
@@ -21,7 +23,8 @@ call and ``T`` the keys of the same layer at the training size; ``base_scale`` i
 Off the fused kernel (CPU, MPS, masked calls) a layer whose scale is unchanged (``N == T``, or a
 layer not selected) gives the same bits as the processor it replaced, for ``AttnProcessor2_0``,
 ``AttnProcessor``, ``SlicedAttnProcessor``, ``JointAttnProcessor2_0`` and ``FluxAttnProcessor``.
-``FusedAttnProcessor2_0`` (one fused QKV projection), ``XFormersAttnProcessor`` and
+``FusedAttnProcessor2_0`` and ``FusedJointAttnProcessor2_0`` (one fused QKV projection;
+entropy-attn uses the unfused ones, which diffusers keeps), ``XFormersAttnProcessor`` and
 ``AttnProcessorNPU`` (their own kernels) agree only to rounding. The fused kernel (CUDA) agrees
 with every one of them to rounding, not bit for bit.
 """
@@ -80,19 +83,38 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _in_backward() -> bool:
+    """Whether this runs inside autograd's backward pass: gradient checkpointing recomputing a
+    forward, which must not be recorded again."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
 class _EntropyAttnBase:
-    """Shared part: the scale for ``N`` keys, the attention call, and entropy recording."""
+    """Shared part: the scale for ``N`` keys, the attention call, and entropy recording.
+
+    Made without a layer name (``cls()``, as diffusers' ``unload_ip_adapter`` rebuilds every
+    processor with ``value.__class__()``), a processor is *unbound*: it computes what the stock
+    processor does at the layer's own scale and records nothing, and an enable call in force on
+    the model puts its own processor back on that layer before the model's next forward.
+    """
+
+    unbound_made = 0  # unbound processors made so far, in this process (see integration)
 
     def __init__(
         self,
-        name: str,
+        name: str | None = None,
         *,
-        train_tokens: int,
-        rescale: bool,
+        train_tokens: int = 0,
+        rescale: bool = False,
         backend: str = "auto",
         recorder: EntropyRecorder | None = None,
         attention_backend: str | None = None,
     ) -> None:
+        if name is None:
+            if rescale or recorder is not None:
+                raise ValueError("rescale and recorder need the layer's name and train_tokens")
+            _EntropyAttnBase.unbound_made += 1
         self.name = name
         self.train_tokens = int(train_tokens)
         self.rescale = bool(rescale)
@@ -147,11 +169,15 @@ class _EntropyAttnBase:
             return dispatch_diffusers(
                 query, key, value, attention_mask, call_scale, self._attention_backend
             )
+        # A recomputation (gradient checkpointing) takes the recorded forward's path, unrecorded.
+        recomputed = record and _in_backward()
         # The fused entropy only where it cannot build an autograd graph: a recorded scalar must
         # never keep a graph (and the activations it saves) alive.
-        fused_entropy = record and attention_mask is None and not _needs_grad(query, key)
+        fused_entropy = (
+            record and not recomputed and attention_mask is None and not _needs_grad(query, key)
+        )
         out = self.attention(attn, query, key, value, scale, attention_mask, fused_entropy)
-        if not record:
+        if not record or recomputed:
             return out
         if fused_entropy:
             out, entropy = out
@@ -343,7 +369,9 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
     ``L x N`` scores.
     """
 
-    def __init__(self, name: str, *, slice_size: int | None = None, **options) -> None:
+    def __init__(
+        self, name: str | None = None, *, slice_size: int | None = None, **options
+    ) -> None:
         super().__init__(name, **options)
         if slice_size is not None and (
             isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1
@@ -547,6 +575,63 @@ class EntropyFluxAttnProcessor(_EntropyAttnBase):
         return hidden_states
 
 
+def _identity_attention(attn, hidden_states, temb):
+    """PAG's perturbed path, as diffusers' ``PAG*IdentitySelfAttnProcessor2_0`` computes it:
+    the attention map replaced by the identity, i.e. the value projection of each token."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    image_shape = None
+    if hidden_states.ndim == 4:
+        image_shape = hidden_states.shape
+        batch_size, channel, height, width = image_shape
+        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return _output(attn, attn.to_v(hidden_states), residual, image_shape)
+
+
+# The PAG processors a PAG pipeline installs on its pag_applied_layers at every call -> how many
+# batch chunks they split (CFG: uncond, cond, perturbed; without CFG: cond, perturbed).
+PAG_CHUNKS = {"PAGCFGIdentitySelfAttnProcessor2_0": 3, "PAGIdentitySelfAttnProcessor2_0": 2}
+
+
+class EntropyPAGProcessor:
+    """Stands in for diffusers' ``PAGCFGIdentitySelfAttnProcessor2_0`` /
+    ``PAGIdentitySelfAttnProcessor2_0`` (perturbed-attention guidance): the guided batch chunks
+    run through the layer's entropy-attn processor (its scale, its recording), the perturbed
+    chunk keeps PAG's identity attention. Layers without an entropy-attn processor of their own
+    (``layers`` maps attention module -> processor) get the stock PAG processor.
+    """
+
+    def __init__(self, stock, layers: dict) -> None:
+        self.stock = stock
+        self.layers = layers
+        self.chunks = PAG_CHUNKS[type(stock).__name__]
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        mine = self.layers.get(attn)
+        if mine is None:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        *guided, perturbed = hidden_states.chunk(self.chunks)
+        temb_guided = temb_perturbed = temb
+        if temb is not None:
+            *temb_chunks, temb_perturbed = temb.chunk(self.chunks)
+            temb_guided = torch.cat(temb_chunks)
+        out = mine(attn, torch.cat(guided), None, attention_mask, temb_guided)
+        return torch.cat([out, _identity_attention(attn, perturbed, temb_perturbed)])
+
+    def __repr__(self) -> str:
+        return f"EntropyPAGProcessor({type(self.stock).__name__}, {len(self.layers)} layers)"
+
+
 # Stock processor class name -> the entropy-attn processor that reproduces it. Processors not
 # listed (IP-Adapter, custom, ...) are never replaced silently.
 REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
@@ -557,6 +642,7 @@ REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
     "SlicedAttnProcessor": EntropyClassicAttnProcessor,
     "XFormersAttnProcessor": EntropyAttnProcessor,
     "JointAttnProcessor2_0": EntropyJointAttnProcessor,
+    "FusedJointAttnProcessor2_0": EntropyJointAttnProcessor,
     "FluxAttnProcessor": EntropyFluxAttnProcessor,
     "FluxAttnProcessor2_0": EntropyFluxAttnProcessor,
 }
@@ -576,6 +662,7 @@ __all__ = [
     "EntropyClassicAttnProcessor",
     "EntropyFluxAttnProcessor",
     "EntropyJointAttnProcessor",
+    "EntropyPAGProcessor",
     "base_scale_of",
     "head_dim_of",
     "kind_of",

@@ -6,8 +6,10 @@ Three bounded or unbounded modes (``enable(..., record_entropy=...)``):
   call, without limit over a long run.
 - ``"all"`` with ``last_steps=K``: the same rows for the last ``K`` steps only; older steps are
   dropped as new ones start.
-- ``"mean"``: one running sum and count per (layer, call shape: query and key tokens, scale);
-  memory is one 0-d tensor per layer and image size, however long the run.
+- ``"mean"``: one running sum (float64; float32 on MPS) and count per (layer, call shape: query
+  and key tokens, scale); memory is one 0-d tensor per layer and image size, however long the
+  run. Distinct steps are counted from the last 64 steps each key saw (exact while fewer than 64
+  denoiser calls record at once).
 
 Every recorded value is detached: recording never keeps an autograd graph alive.
 """
@@ -37,12 +39,32 @@ class _Record:
     entropy: torch.Tensor  # 0-d fp32 on the device: mean over batch, heads and queries
 
 
+# Steps a running mean remembers to count distinct steps: more than the calls that can be open at
+# once (one per thread), so a layer's steps are counted exactly, in constant memory.
+_RECENT_STEPS = 64
+
+
 @dataclass
 class _Mean:
     fields: dict
-    total: torch.Tensor  # 0-d fp32: sum over calls of the per-call mean entropy
+    total: torch.Tensor  # 0-d float64: sum over calls of the per-call mean entropy
     calls: int = 1
-    steps: set = field(default_factory=set)
+    steps: int = 1  # distinct steps among the calls
+    recent: OrderedDict = field(default_factory=OrderedDict)  # the last _RECENT_STEPS steps
+
+    def saw(self, step: int) -> bool:
+        """Whether ``step`` was counted already; remembers it (bounded)."""
+        if step in self.recent:
+            return True
+        self.recent[step] = None
+        if len(self.recent) > _RECENT_STEPS:
+            self.recent.popitem(last=False)
+        return False
+
+
+def _running_dtype(device: torch.device) -> torch.dtype:
+    # float64 keeps a mean over millions of calls exact to ~1e-12; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class EntropyRecorder:
@@ -79,6 +101,21 @@ class EntropyRecorder:
         self._steps: OrderedDict[int, list[_Record]] = OrderedDict()
         self._means: dict[tuple, _Mean] = {}
 
+    def __getstate__(self) -> dict:
+        # A copy (copy.deepcopy, pickle, torch.save of an enabled denoiser) records on its own:
+        # it keeps the rows so far, with a lock of its own and no call open in any thread.
+        with self._lock:
+            state = self.__dict__.copy()
+            state["_steps"] = OrderedDict((step, list(rows)) for step, rows in self._steps.items())
+            state["_means"] = dict(self._means)
+        del state["_lock"], state["_local"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
     @property
     def step(self) -> int:
         """The last step taken (-1 before the first record)."""
@@ -114,11 +151,14 @@ class EntropyRecorder:
             key = tuple(fields.items())
             mean = self._means.get(key)
             if mean is None:
-                self._means[key] = _Mean(dict(fields), value, steps={step})
+                total = value.to(_running_dtype(value.device))
+                self._means[key] = mean = _Mean(dict(fields), total)
+                mean.saw(step)
             else:
-                mean.total = mean.total + value
+                mean.total = mean.total + value.to(mean.total.dtype)
                 mean.calls += 1
-                mean.steps.add(step)
+                if not mean.saw(step):
+                    mean.steps += 1
 
     def __len__(self) -> int:
         """Number of rows :meth:`rows` would return (the number of scalars kept)."""
@@ -139,7 +179,7 @@ class EntropyRecorder:
             if self.mode == "mean":
                 return [
                     (
-                        {**mean.fields, "calls": mean.calls, "steps": len(mean.steps)},
+                        {**mean.fields, "calls": mean.calls, "steps": mean.steps},
                         mean.total / mean.calls,
                     )
                     for mean in self._means.values()

@@ -970,3 +970,47 @@ configs.build_denoiser("sd15", device="meta").to(torch.float16)  # the user's ow
     assert "use_return_dict" not in result.stderr
     # build_pipeline's casts are quiet; the user's own cast still gets diffusers' warning.
     assert result.stderr.count("should be kept in float32") == 1, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19 item 9: damaged shipped weights give one line and exit code 2
+
+
+def damage(folder: Path, how: str) -> Path:
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if how == "truncated-safetensors":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+        return weights
+    if how == "missing-weight-file":
+        weights.unlink()
+        return weights
+    (folder / "model_index.json").unlink()
+    return folder / "model_index.json"
+
+
+@pytest.mark.parametrize(
+    "how", ["truncated-safetensors", "missing-weight-file", "missing-model-index"]
+)
+@pytest.mark.parametrize(
+    "argv",
+    [["layers", "--model", "digits-unet", "--size", "16"], ["demo", "--steps", "1"]],
+    ids=["layers", "demo"],
+)
+def test_r2_item9_damaged_zoo_weights_give_one_line_and_exit_2(
+    how, argv, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    from entropy_attn import zoo
+
+    shutil.copytree(zoo.WEIGHTS / "digits-unet", tmp_path / "weights" / "digits-unet")
+    damaged = damage(tmp_path / "weights" / "digits-unet", how)
+    monkeypatch.setattr(zoo, "WEIGHTS", tmp_path / "weights")
+    code, out, err = run([*argv, "--out", tmp_path / "out"] if argv[0] == "demo" else argv, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"entropy-attn {argv[0]}: ") and "Traceback" not in err
+    assert "'digits-unet'" in lines[0] and str(damaged) in lines[0], lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -282,3 +282,37 @@ def test_chosen_attention_backend_is_not_dropped():
         assert len(handle.rescaled_layers) == 3
         assert {p._attention_backend for p in model.attn_processors.values()} == {"native"}
     model.reset_attention_backend()
+
+
+# Issue 19 item 2 on the transformers whose fuse_qkv_projections() swaps processors: SD3
+# (FusedJointAttnProcessor2_0) and PixArt (FusedAttnProcessor2_0).
+
+
+@pytest.mark.parametrize(
+    "build,inputs", [(tiny_sd3, sd3_inputs), (tiny_pixart, pixart_inputs)], ids=["sd3", "pixart"]
+)
+def test_r2_item2_fuse_qkv_projections_while_enabled_on_transformers(build, inputs):
+    from entropy_attn.processors import _EntropyAttnBase
+
+    model = build()
+    before = dict(model.attn_processors)
+    x = inputs(8, 12)
+
+    def run():
+        with torch.no_grad():
+            return model(**x, return_dict=False)[0]
+
+    stock = run()
+    options = {"text_tokens": TEXT, "train_size": 128}
+    with entropy_attn.enabled(model, **options):
+        expected = run()
+    handle = entropy_attn.enable(model, **options)
+    model.fuse_qkv_projections()
+    assert torch.equal(run(), expected) and handle.active  # same processors, same bits
+    entropy_attn.disable(model)
+    assert all("Fused" in type(p).__name__ for p in model.attn_processors.values())
+    model.unfuse_qkv_projections()
+    now = model.attn_processors
+    assert not any(isinstance(p, _EntropyAttnBase) for p in now.values())
+    assert all(now[name] is p for name, p in before.items())
+    assert torch.equal(run(), stock)

@@ -412,3 +412,55 @@ def test_autocast_gives_one_dtype_like_sdpa():
             ours = pipe.unet(latents, t, context).sample
     assert ours.dtype == stock.dtype
     assert torch.equal(ours, stock)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19 item 8: refusals name the unsupported feature, never the size
+
+
+class _MyUNet(__import__("diffusers").UNet2DConditionModel):
+    """A user's subclass: the token probe knows the classes it builds inputs for by name."""
+
+
+@pytest.mark.parametrize(
+    "build,feature",
+    [
+        (lambda: _MyUNet(**_tiny_unet_config()), "_MyUNet"),
+        (
+            lambda: __import__("diffusers").UNet2DConditionModel(
+                **_tiny_unet_config(), addition_embed_type="text"
+            ),
+            "addition_embed_type 'text'",
+        ),
+        (
+            lambda: __import__("diffusers").UNet2DConditionModel(
+                **_tiny_unet_config(), class_embed_type="timestep"
+            ),
+            "class_embed_type 'timestep'",
+        ),
+    ],
+    ids=["subclass", "addition_embed_type", "class_embed_type"],
+)
+def test_r2_item8_probe_refusals_name_the_feature_not_the_size(build, feature):
+    from entropy_attn import probe
+
+    unet = build()
+    before = {name: m.processor for name, m in probe.attention_modules(unet).items()}
+    for call in (
+        lambda: entropy_attn.enable(unet),
+        lambda: entropy_attn.layer_table(unet, 128),
+        lambda: probe.probe_tokens(unet, (16, 16)),
+    ):
+        with pytest.raises(NotImplementedError) as caught:
+            call()
+        message = str(caught.value)
+        assert feature in message, message
+        assert "choose a size" not in message and "cannot run through" not in message, message
+    after = {name: m.processor for name, m in probe.attention_modules(unet).items()}
+    assert all(after[name] is p for name, p in before.items())
+
+
+def _tiny_unet_config() -> dict:
+    from entropy_attn import tiny
+
+    return dict(tiny._TINY_UNET)

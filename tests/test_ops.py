@@ -642,3 +642,38 @@ def test_tensor_subclass_inputs_take_the_full_validation(generator):
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, scale=0.3))
     with pytest.raises(ValueError, match="key head_dim 8"):
         entropy_attn.attention(param, k[..., :8], v, 0.3)
+
+
+def large_norm_keys(generator, offset=1e3, query_scale=8.0, shape=(1, 2, 64, 64), keys=200):
+    """Keys whose first two components are both ``offset``, queries with opposite first two
+    components (``query_scale`` * N(0, 1)): the large parts cancel in q.k (logits stay O(1),
+    |LSE| ~ 6) but not in the keys' softmax mean, where fp32 rounding loses ~offset * 1e-7."""
+    batch, heads, seq_q, head_dim = shape
+    q = randn(shape, torch.float32, generator, device="cpu")
+    k = randn((batch, heads, keys, head_dim), torch.float32, generator, device="cpu")
+    q[..., 0] = query_scale * randn(shape[:3], torch.float32, generator, device="cpu")
+    q[..., 1] = -q[..., 0]
+    k[..., :2] += offset
+    return q, k
+
+
+@pytest.mark.parametrize("one_call", [False, True], ids=["entropy_lse", "attention_lse"])
+def test_r2_item10_lse_entropy_catches_cancellation_of_large_norm_keys(one_call, generator):
+    from entropy_attn.ops import attention_lse, entropy_lse
+
+    q, k = large_norm_keys(generator)
+    scale = 64**-0.5
+    if one_call:
+        out, fast = attention_lse(q, k, k, scale)
+        assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, k, scale=scale),
+                     atol=1e-3, rtol=1e-5, what="output")  # fmt: skip
+    else:
+        fast = entropy_lse(q, k, scale)
+    exact = attention_entropy(q.double(), k.double(), scale)
+    lse = torch.logsumexp(q.double() @ k.double().transpose(-1, -2) * scale, dim=-1)
+    assert lse.abs().max() < 20  # far from large logits: |LSE| alone would not flag these rows
+    assert_close(fast, exact, atol=5e-5, rtol=0, what="large-norm keys")
+    # Ordinary keys keep the fast path's numbers (no fallback needed there).
+    q, k = large_norm_keys(generator, offset=0.0, query_scale=1.0)
+    assert_close(entropy_lse(q, k, scale), attention_entropy(q.double(), k.double(), scale),
+                 atol=2e-5, rtol=0, what="ordinary keys")  # fmt: skip

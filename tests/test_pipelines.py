@@ -872,3 +872,184 @@ def test_vae_factor_of_pipelines_without_the_attribute():
     sr.register_modules(vqvae=None)
     assert _vae_scale_factor(sr, None) == 8
     assert _vae_scale_factor(sr.unet, None) == 8  # a bare model: the documented default
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19 item 1: a backend set or reset while enabled is what every layer has after disable
+
+
+@pytest.mark.parametrize("layout", ["plain", "exclude", "stacked"])
+def test_r2_item1_backend_set_while_enabled_survives_disable(layout):
+    from entropy_attn.probe import attention_modules
+
+    model = flux_model()
+    model.set_attention_backend("_native_math")
+    originals = processors_of([model])
+    options = {"text_tokens": FLUX_TEXT, "train_size": 128}
+    if layout == "exclude":
+        options["exclude"] = [next(iter(attention_modules(model)))]
+
+    def enable():
+        entropy_attn.enable(model, **options)
+        if layout == "stacked":
+            entropy_attn.enable(model, **options, record_entropy=True)
+
+    def backends():
+        found = [p._attention_backend for p in model.attn_processors.values()]
+        return {getattr(backend, "value", backend) for backend in found}  # enum -> its name
+
+    enable()
+    model.set_attention_backend("native")
+    entropy_attn.disable(model)
+    assert_same_objects(originals, [model])
+    assert backends() == {"native"}
+    enable()
+    model.reset_attention_backend()
+    entropy_attn.disable(model)
+    assert_same_objects(originals, [model])
+    assert backends() == {None}
+    # A backend named in enable() itself is entropy-attn's choice, not the user's: not kept.
+    entropy_attn.enable(model, **options, backend="_native_math")
+    entropy_attn.disable(model)
+    assert backends() == {None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19 item 6: perturbed-attention guidance pipelines: PAG layers get the scale, are recorded
+
+
+@pytest.mark.parametrize(
+    "cls_name,build,guidance",
+    [
+        ("StableDiffusionPAGPipeline", tiny.tiny_sd_pipeline, 5.0),  # CFG: 3 batch chunks
+        ("StableDiffusionPAGPipeline", tiny.tiny_sd_pipeline, 1.0),  # no CFG: 2 chunks
+        ("StableDiffusionXLPAGPipeline", tiny.tiny_sdxl_pipeline, 5.0),
+    ],
+)
+def test_r2_item6_pag_layers_get_the_scale_and_are_recorded(cls_name, build, guidance, monkeypatch):
+    base = build()
+    pipe = getattr(diffusers, cls_name)(**base.components, pag_applied_layers=["mid"])
+    before, found = processors_of([pipe.unet]), pipe._pag_attn_processors
+    layers = len(before[0])
+
+    def run(height=HEIGHT, width=WIDTH):
+        return generate(pipe, height, width, pag_scale=3.0, guidance_scale=guidance)
+
+    stock, stock_train = run(), run(128, 128)
+    handle = entropy_attn.enable(pipe, record_entropy=True)
+    ours = run()
+    rows = handle.entropy_rows()
+    ours_train = run(128, 128)
+    entropy_attn.disable(pipe)
+    assert pipe._pag_attn_processors is found
+    assert_same_objects(before, [pipe.unet])
+    # Reference: the stock PAG pipeline with SDPA patched to log_scale(N, T, d) on self-attention
+    # (PAG's guided branch included; its perturbed branch has no softmax).
+    with expected_scale([pipe.unet], HEIGHT, WIDTH, monkeypatch) as applied:
+        plain = run()
+    assert applied
+    np.testing.assert_allclose(ours, plain, atol=2e-5, rtol=0)
+    assert np.abs(ours - stock).max() > 1e-3
+    np.testing.assert_array_equal(ours_train, stock_train)  # at the training size: stock bits
+    # Every layer once per step, the PAG layer (mid-block self-attention) included.
+    assert len(rows) == 2 * layers and {r["step"] for r in rows} == {0, 1}
+    pag_layers = {n.removesuffix(".processor") for n in before[0] if n.startswith("mid_block")}
+    pag_rows = [r for r in rows if r["layer"] in pag_layers and r["kind"] == "self"]
+    assert pag_rows and len(pag_rows) == 2 * len({r["layer"] for r in pag_rows})
+    assert all(r["scale"] != r["head_dim"] ** -0.5 for r in pag_rows)
+
+
+def test_r2_item6_pag_processors_entropy_attn_cannot_reproduce_are_refused():
+    pipe = diffusers.StableDiffusionPAGPipeline(
+        **tiny.tiny_sd_pipeline().components, pag_applied_layers=["mid"]
+    )
+    from diffusers.models.attention_processor import (
+        PAGCFGJointAttnProcessor2_0,
+        PAGJointAttnProcessor2_0,
+    )
+
+    pipe.set_pag_applied_layers(
+        ["mid"], pag_attn_processors=(PAGCFGJointAttnProcessor2_0(), PAGJointAttnProcessor2_0())
+    )
+    before = processors_of([pipe.unet])
+    with pytest.raises(ValueError, match=r"perturbed-attention guidance \(PAG\)") as caught:
+        entropy_attn.enable(pipe)
+    assert "PAGJointAttnProcessor2_0" in str(caught.value)
+    assert_same_objects(before, [pipe.unet])
+    assert not pipe.unet._forward_pre_hooks
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19 items 2 and 3: what diffusers does to processors while enabled
+
+
+def own_processors(unet) -> list[str]:
+    from entropy_attn.processors import _EntropyAttnBase
+
+    return [n for n, p in unet.attn_processors.items() if isinstance(p, _EntropyAttnBase)]
+
+
+@pytest.mark.parametrize("order", ["enable-then-fuse", "fuse-then-enable"])
+def test_r2_item2_fuse_qkv_projections_while_enabled(order):
+    pipe = tiny.tiny_sd_pipeline()
+    before = processors_of([pipe.unet])
+    stock = generate(pipe, HEIGHT, WIDTH)
+    with entropy_attn.enabled(pipe) as plain_handle:
+        expected = generate(pipe, HEIGHT, WIDTH)
+        layers = plain_handle.rescaled_layers
+    if order == "enable-then-fuse":
+        handle = entropy_attn.enable(pipe)
+        pipe.fuse_qkv_projections()
+    else:
+        pipe.fuse_qkv_projections()
+        handle = entropy_attn.enable(pipe)
+    assert handle.rescaled_layers == layers  # fused projections: the same layers
+    ours = generate(pipe, HEIGHT, WIDTH)
+    assert handle.active and len(own_processors(pipe.unet)) == len(before[0])
+    np.testing.assert_array_equal(ours, expected)  # same processors, same math: same bits
+    entropy_attn.disable(pipe)
+    assert own_processors(pipe.unet) == []
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {
+        "FusedAttnProcessor2_0"
+    }  # as fuse_qkv_projections left them
+    pipe.unfuse_qkv_projections()
+    assert own_processors(pipe.unet) == []
+    assert_same_objects(before, [pipe.unet])
+    np.testing.assert_array_equal(generate(pipe, HEIGHT, WIDTH), stock)
+
+
+def test_r2_item2_enable_fuse_disable_unfuse_without_a_run_between():
+    """The issue's sequence with no forward between the calls: nothing of entropy-attn left."""
+    pipe = tiny.tiny_sd_pipeline()
+    before = processors_of([pipe.unet])
+    handle = entropy_attn.enable(pipe)
+    pipe.fuse_qkv_projections()
+    assert handle.active  # entropy-attn's processors are back over the fused ones
+    entropy_attn.disable(pipe)
+    pipe.unfuse_qkv_projections()
+    assert own_processors(pipe.unet) == []
+    assert_same_objects(before, [pipe.unet])
+
+
+def test_r2_item3_unload_ip_adapter_while_enabled():
+    pipe = tiny.tiny_sd_pipeline()
+    stock = generate(pipe, HEIGHT, WIDTH)
+    with entropy_attn.enabled(pipe):
+        expected = generate(pipe, HEIGHT, WIDTH)
+    install_ip_adapter(pipe.unet)
+    handle = entropy_attn.enable(pipe)
+    installed = dict(handle.installed)
+    pipe.unload_ip_adapter()
+    # Done in full: the image projection and its config entry gone, stock cross-attention back.
+    assert pipe.unet.encoder_hid_proj is None and pipe.unet.config.encoder_hid_dim_type is None
+    processors = pipe.unet.attn_processors
+    assert {type(processors[n]) for n in processors if "attn2" in n} == {AttnProcessor2_0}
+    ours = generate(pipe, HEIGHT, WIDTH)
+    # entropy-attn's processors carried over: the very objects, still rescaling.
+    assert handle.active
+    assert all(pipe.unet.get_submodule(n).processor is p for n, p in installed.items())
+    np.testing.assert_array_equal(ours, expected)
+    entropy_attn.disable(pipe)
+    assert own_processors(pipe.unet) == []
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+    np.testing.assert_array_equal(generate(pipe, HEIGHT, WIDTH), stock)

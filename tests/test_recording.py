@@ -186,3 +186,136 @@ def test_item6_bad_recording_options(options, exc, pattern):
     assert not any(
         isinstance(p, entropy_attn.EntropyAttnProcessor) for p in pipe.unet.attn_processors.values()
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19: reliability, round two
+
+
+MEAN_FIELDS = dict(
+    layer="mid_block.attentions.0.transformer_blocks.0.attn1",
+    kind="self",
+    heads=2,
+    head_dim=32,
+    query_tokens=16,
+    n_tokens=16,
+    train_tokens=16,
+    scale=32**-0.5,
+)
+
+
+def feed_mean(recorder, values: torch.Tensor) -> None:
+    """One denoiser call (a step) per value, each recording one layer call."""
+    for value in values:
+        recorder.next_step()
+        recorder.add(value.reshape(1, 1, 1), **MEAN_FIELDS)
+
+
+def test_r2_item4_mean_mode_memory_is_independent_of_steps_and_exact():
+    import tracemalloc
+
+    from entropy_attn.recording import EntropyRecorder
+
+    generator = torch.Generator().manual_seed(19)
+    calls = 150_000  # a float32 running total is off by 2e-5 relative here
+    values = (7.9 + 0.05 * torch.randn(calls, generator=generator)).float()
+    recorder = EntropyRecorder("mean")
+    feed_mean(recorder, values[:1000])  # every structure that exists at all exists now
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        feed_mean(recorder, values[1000:21000])
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 20k more steps: a set of every step number would hold over 1 MB more here.
+    assert grown < 100_000, f"{grown} bytes more after 20000 more steps"
+    feed_mean(recorder, values[21000:])
+    (row,) = recorder.rows()
+    assert row["calls"] == row["steps"] == calls
+    exact = values.double().mean().item()
+    assert abs(row["entropy"] - exact) <= 1e-6 * exact, (row["entropy"], exact)
+
+
+def test_r2_item4_mean_mode_counts_steps_with_layers_called_twice():
+    from entropy_attn.recording import EntropyRecorder
+
+    recorder = EntropyRecorder("mean")
+    for step in range(5):
+        recorder.next_step()
+        for value in (1.0, 2.0):  # one layer called twice in a step, same shape
+            recorder.add(torch.full((1, 1, 1), value + step), **MEAN_FIELDS)
+    (row,) = recorder.rows()
+    assert (row["calls"], row["steps"]) == (10, 5)
+    assert row["entropy"] == pytest.approx(1.5 + 2.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["all", "mean"])
+def test_r2_item5_gradient_checkpointing_records_each_forward_once(mode):
+    pipe = tiny_sd_pipeline()
+    layers = len(attention_modules(pipe.unet))
+    inputs = unet_inputs(pipe)
+    reference = recorded(pipe, [inputs], record_entropy=mode)
+    pipe.unet.enable_gradient_checkpointing()
+    pipe.unet.train()  # diffusers checkpoints its blocks in training mode with gradients on
+    handle = entropy_attn.enable(pipe, record_entropy=mode)
+    out = pipe.unet(*inputs).sample
+    assert len(handle.entropy_rows()) == layers
+    out.square().mean().backward()  # re-runs each checkpointed block's attention
+    assert any(p.grad is not None for p in pipe.unet.parameters())
+    rows = handle.entropy_rows()
+    assert len(rows) == layers, f"{len(rows)} rows for {layers} layers after backward"
+    if mode == "mean":
+        assert all(r["calls"] == r["steps"] == 1 for r in rows)
+    else:
+        assert {r["step"] for r in rows} == {0}
+    assert [r["layer"] for r in rows] == [r["layer"] for r in reference]
+    for row, ref in zip(rows, reference, strict=True):
+        assert row["entropy"] == pytest.approx(ref["entropy"], abs=1e-5)  # another entropy path
+    entropy_attn.disable(pipe)
+
+
+def copied(model, how: str, tmp_path):
+    import copy
+    import pickle
+
+    if how == "deepcopy":
+        return copy.deepcopy(model)
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(model))
+    torch.save(model, tmp_path / "unet.pt")
+    return torch.load(tmp_path / "unet.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_r2_item7_recording_denoiser_can_be_copied_and_saved(how, tmp_path):
+    from entropy_attn.integration import handles
+
+    pipe = tiny_sd_pipeline()
+    stock = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+    inputs, other = unet_inputs(pipe, seed=1), unet_inputs(pipe, seed=2)
+    handle = entropy_attn.enable(pipe, record_entropy=True)
+    run(pipe, inputs)
+    first = handle.entropy_rows()
+    twin = copied(pipe.unet, how, tmp_path)
+    # The copy carries its own enable state and recorder, with the rows recorded so far.
+    (twin_handle,) = handles(twin)
+    assert twin_handle is not handle and twin_handle.recorder is not handle.recorder
+    assert twin_handle.denoiser is twin and twin_handle.active
+    assert twin_handle.entropy_rows() == first
+    with torch.no_grad():
+        twin(*other)
+    assert handle.entropy_rows() == first  # the original's recorder saw nothing of the copy's
+    rows = twin_handle.entropy_rows()
+    assert len(rows) == 2 * len(first) and {r["step"] for r in rows} == {0, 1}
+    run(pipe, other)
+    assert [r["entropy"] for r in handle.entropy_rows()[len(first) :]] == [
+        r["entropy"] for r in rows[len(first) :]
+    ]  # same weights, same input, same path: the same numbers
+    # disable on either one restores its own stock processors and leaves the other enabled.
+    entropy_attn.disable(twin)
+    assert {name: type(p) for name, p in twin.attn_processors.items()} == stock
+    assert handles(twin) == [] and handle.active
+    assert not twin._forward_pre_hooks and pipe.unet._forward_pre_hooks  # each its own hook
+    entropy_attn.disable(pipe)
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == stock

@@ -107,6 +107,8 @@ def _zoo_builder(name: str) -> Callable[[], Any]:
         try:
             with quiet_library_logs():
                 return zoo.load_pipeline(name)
+        except zoo.WeightsError as error:
+            raise CLIError(str(error)) from None
         finally:
             if shown:
                 diffusers_logging.enable_progress_bar()
