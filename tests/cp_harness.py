@@ -189,3 +189,103 @@ def flux_scenarios(rank: int, world: int, latent: tuple[int, int], modes=("ulyss
         model.enable_parallelism(config=_cp_config(mode, world))
         results[mode, "user_backend"] = run_model(model, inputs)
     return results
+
+
+# Wan 2.1 (tiny): diffusers splits the video tokens (self-attention goes through CP) but not the
+# text tokens (cross-attention stays local, with the rank's query shard).
+
+WAN_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+    out_channels=4, text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+)  # fmt: skip
+WAN_TEXT = 6
+WAN_TRAIN_TOKENS = 2 * 4 * 4  # a training size of 2 latent frames of 8x8 (patch 1x2x2)
+
+
+def tiny_wan():
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.WanTransformer3DModel(**WAN_TRANSFORMER).eval()
+
+
+def wan_inputs(frames: int, latent_h: int, latent_w: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(1, 4, frames, latent_h, latent_w, generator=g),
+        timestep=torch.tensor([500]),
+        encoder_hidden_states=torch.randn(1, WAN_TEXT, 16, generator=g),
+    )
+
+
+class GenericDispatch:
+    """A stand-in for the generic dispatcher path of issue 21 (not in the package yet): replaces
+    ``dispatch_attention_fn`` in Wan's module with entropy-attn, using entropy_attn.parallel's
+    pieces under context parallelism. Self-attention (as many keys as queries) gets the scale of
+    the global N; cross-attention keeps 1/sqrt(d). Records one mean entropy per call, averaged
+    over the model's CP ranks (cross-attention too: its queries are sharded)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.entropies: list[torch.Tensor] = []
+
+    def __call__(
+        self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+        enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None,
+    ):  # fmt: skip
+        import entropy_attn
+        from entropy_attn import parallel
+
+        assert attn_mask is None and scale is None
+        q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+        cp = parallel.context_parallel_config(parallel_config) is not None
+        n_tokens = parallel.global_key_tokens(k.shape[2], parallel_config if cp else None)
+        self_attention = key.shape[1] == query.shape[1]
+        head_dim = q.shape[-1]
+        call_scale = (
+            entropy_attn.log_scale(n_tokens, WAN_TRAIN_TOKENS, head_dim) if self_attention else None
+        )
+        if cp:
+            out, entropy = parallel.context_parallel_attention(
+                q, k, v, call_scale, parallel_config, backend="torch", return_entropy=True
+            )
+        else:
+            out, entropy = entropy_attn.attention(q, k, v, call_scale, return_entropy=True)
+        self.entropies.append(parallel.cp_mean(entropy, self.model._parallel_config))
+        return out.transpose(1, 2)
+
+
+def run_wan_generic(model, inputs) -> tuple[torch.Tensor, list[float]]:
+    """The model's output and per-call entropies with :class:`GenericDispatch` patched in."""
+    from diffusers.models.transformers import transformer_wan
+
+    stock = transformer_wan.dispatch_attention_fn
+    generic = GenericDispatch(model)
+    transformer_wan.dispatch_attention_fn = generic
+    try:
+        out = run_model(model, inputs)
+    finally:
+        transformer_wan.dispatch_attention_fn = stock
+    return out, [float(e) for e in generic.entropies]
+
+
+WAN_SIZE = (3, 8, 12)  # 3 latent frames of 8x12: 72 video tokens, 36 per rank
+
+
+def wan_scenarios(rank: int, world: int, modes=("ulysses", "ring")):
+    inputs = wan_inputs(*WAN_SIZE)
+    results = {}
+    for mode in modes:
+        model = tiny_wan()
+        model.enable_parallelism(config=_cp_config(mode, world))
+        results[mode, "wan_stock"] = run_model(model, inputs)
+        results[mode, "wan_generic"], results[mode, "wan_generic_rows"] = run_wan_generic(
+            model, inputs
+        )
+    return results
+
+
+def all_scenarios(rank: int, world: int, latent: tuple[int, int]):
+    """FLUX and Wan in one spawn (starting the processes costs more than the scenarios)."""
+    return {**flux_scenarios(rank, world, latent), **wan_scenarios(rank, world)}

@@ -155,8 +155,8 @@ def single_process():
 
 @pytest.fixture(scope="module")
 def two_processes():
-    """Every scenario of ``cp_harness.flux_scenarios`` on both ranks (one spawn for all)."""
-    return cp_harness.run_workers(cp_harness.flux_scenarios, world=2, latent=LATENT)
+    """Every scenario of ``cp_harness.all_scenarios`` on both ranks (one spawn for all)."""
+    return cp_harness.run_workers(cp_harness.all_scenarios, world=2, latent=LATENT)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -218,3 +218,41 @@ def test_disable_under_context_parallel_gives_stock_context_parallel(mode, order
     inputs), also when enable_parallelism came after enable and never reached them."""
     for results in two_processes:
         assert torch.equal(results[mode, f"{order}_disabled"], results[mode, "stock"])
+
+
+# Wan 2.1 through a stand-in for the generic dispatcher path (cp_harness.GenericDispatch).
+
+
+@pytest.fixture(scope="module")
+def wan_single_process():
+    inputs = cp_harness.wan_inputs(*cp_harness.WAN_SIZE)
+    model = cp_harness.tiny_wan()
+    stock = cp_harness.run_model(model, inputs)
+    ours, rows = cp_harness.run_wan_generic(model, inputs)
+    return {"stock": stock, "ours": ours, "rows": rows}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wan_stock_context_parallel_equals_single_process(mode, wan_single_process, two_processes):
+    for rank, results in enumerate(two_processes):
+        assert_close(
+            results[mode, "wan_stock"], wan_single_process["stock"], atol=1e-6, rtol=0,
+            what=f"Wan stock {mode}, rank {rank}",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wan_generic_path_pieces_under_context_parallel_equal_single_process(
+    mode, wan_single_process, two_processes
+):
+    """The pieces a dispatcher wrapper plugs in (global N, context_parallel_attention, cp_mean):
+    Wan's self-attention through CP, its cross-attention local, output and per-call entropy as
+    in one process."""
+    ours, stock = wan_single_process["ours"], wan_single_process["stock"]
+    assert (ours - stock).abs().max() > 1e-4  # the size is not the training size
+    want = torch.tensor(wan_single_process["rows"], dtype=torch.float64)
+    assert len(want) == 4  # two blocks, self- and cross-attention
+    for rank, results in enumerate(two_processes):
+        assert_close(results[mode, "wan_generic"], ours, atol=1e-6, rtol=0, what=f"Wan {mode}")
+        got = torch.tensor(results[mode, "wan_generic_rows"], dtype=torch.float64)
+        assert_close(got, want, atol=1e-5, rtol=0, what=f"Wan {mode} rank {rank} entropy")
