@@ -54,20 +54,34 @@ def merge_attention(
         raise ValueError(
             f"outs and lses must be non-empty and of one length, got {len(outs)} and {len(lses)}"
         )
-    if entropies is not None and len(entropies) != len(lses):
-        raise ValueError(
-            f"entropies must have one entry per shard ({len(lses)}), got {len(entropies)}"
-        )
-    lse_stack = torch.stack(list(lses))
-    lse = torch.logsumexp(lse_stack, dim=0)
-    weights = torch.exp(lse_stack - lse)  # w_b, summing to 1 over the shards
+    lse, weights = _shard_weights(lses)
     out = sum(w[..., None] * o for w, o in zip(weights, outs, strict=True))
     if entropies is None:
         return out, lse
-    # sum_b w_b (H_b - ln w_b); a shard of weight 0 adds 0 (not 0 * inf).
-    log_weights = torch.where(weights > 0, lse_stack - lse, torch.zeros_like(lse_stack))
-    entropy = (weights * (torch.stack(list(entropies)) - log_weights)).sum(0)
-    return out, lse, entropy
+    return out, lse, merge_entropy(lses, entropies)[1]
+
+
+def _shard_weights(lses: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``LSE = logsumexp_b lse_b`` and the shard weights ``w_b = exp(lse_b - LSE)`` (stacked)."""
+    lse_stack = torch.stack(list(lses))
+    lse = torch.logsumexp(lse_stack, dim=0)
+    return lse, torch.exp(lse_stack - lse)
+
+
+def merge_entropy(
+    lses: Sequence[torch.Tensor], entropies: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(LSE, H)`` over the union of key shards from each shard's ``lse_b`` and entropy ``H_b``
+    (``(..., seq_q)`` each): ``H = sum_b w_b H_b - sum_b w_b ln w_b``, which equals
+    ``LSE - sum_b w_b e_b`` with the mean logits ``e_b = lse_b - H_b``."""
+    if len(lses) == 0 or len(entropies) != len(lses):
+        raise ValueError(
+            f"entropies must have one entry per shard ({len(lses)}), got {len(entropies)}"
+        )
+    lse, weights = _shard_weights(lses)
+    # ln w_b = lse_b - LSE; a shard of weight 0 adds 0 (not 0 * -inf).
+    log_weights = torch.where(weights > 0, torch.stack(list(lses)) - lse, 0.0)
+    return lse, (weights * (torch.stack(list(entropies)) - log_weights)).sum(0)
 
 
 def context_parallel_config(parallel_config):
@@ -168,8 +182,7 @@ class ShardAttention:
         if len(self.shards) == 1:
             return self.shards[0][0]
         entropies, lses = zip(*self.shards, strict=True)
-        zeros = [torch.zeros_like(lse)[..., None] for lse in lses]
-        return merge_attention(zeros, lses, entropies)[2]
+        return merge_entropy(lses, entropies)[1]
 
     @staticmethod
     def backward(ctx, grad_out, *args, **kwargs):
@@ -248,4 +261,5 @@ __all__ = [
     "cp_mean",
     "global_key_tokens",
     "merge_attention",
+    "merge_entropy",
 ]

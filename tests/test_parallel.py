@@ -78,13 +78,15 @@ def test_merge_rejects_mismatched_shards(generator):
         merge_attention(outs, lses, entropies[:1])
 
 
-def test_shard_attention_over_key_shards_equals_whole_attention(generator):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_shard_attention_over_key_shards_equals_whole_attention(generator, backend):
     """The per-shard op that diffusers' ring calls, in one process: called on two key shards
-    (diffusers' (B, L, H, D) layout), its merged entropy is the entropy over all keys."""
+    (diffusers' (B, L, H, D) layout), its merged entropy is the entropy over all keys; "triton"
+    is the fused kernel's log-sum-exp and entropy (interpreted here)."""
     q = randn((1, 10, 2, 16), torch.float32, generator, "cpu")
     k = randn((1, 14, 2, 16), torch.float32, generator, "cpu")
     v = randn((1, 14, 2, 16), torch.float32, generator, "cpu")
-    op = ShardAttention("torch", return_entropy=True)
+    op = ShardAttention(backend, return_entropy=True)
     parts = [
         op(None, q, ks, vs, scale=0.4, return_lse=True)
         for ks, vs in zip(k.split(7, 1), v.split(7, 1), strict=True)
@@ -99,6 +101,27 @@ def test_shard_attention_over_key_shards_equals_whole_attention(generator):
     assert_close(op.entropy(), entropy, atol=1e-5, rtol=0, what="ring-merged entropy")
     with pytest.raises(NotImplementedError, match="forward-only"):
         ShardAttention.backward(None, out)
+
+
+def test_parallel_config_is_carried_only_to_processors_that_take_one():
+    """disable hands diffusers' config to a processor it puts back only where diffusers would
+    have (the attribute exists and is unset); a set config and other processors are kept."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    from entropy_attn.processors import carry_parallel_config
+
+    source, config = FluxAttnProcessor(), object()
+    source._parallel_config = config
+    unset, classic = FluxAttnProcessor(), AttnProcessor2_0()
+    carry_parallel_config(source, unset)
+    carry_parallel_config(source, classic)
+    assert unset._parallel_config is config and not hasattr(classic, "_parallel_config")
+    other = object()
+    kept = FluxAttnProcessor()
+    kept._parallel_config = other
+    carry_parallel_config(source, kept)
+    assert kept._parallel_config is other
 
 
 def test_key_count_and_refusals():
