@@ -149,6 +149,8 @@ FLUX_OPTIONS = dict(text_tokens=TEXT, train_size=128)  # latent 16x16: 64 image 
 def _cp_config(mode: str, world: int):
     from diffusers import ContextParallelConfig
 
+    if mode == "unified":  # ring of 2 across Ulysses groups of world / 2
+        return ContextParallelConfig(ring_degree=2, ulysses_degree=world // 2)
     return ContextParallelConfig(**{f"{mode}_degree": world})
 
 

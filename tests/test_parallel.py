@@ -279,3 +279,25 @@ def test_wan_generic_path_pieces_under_context_parallel_equal_single_process(
         assert_close(results[mode, "wan_generic"], ours, atol=1e-6, rtol=0, what=f"Wan {mode}")
         got = torch.tensor(results[mode, "wan_generic_rows"], dtype=torch.float64)
         assert_close(got, want, atol=1e-5, rtol=0, what=f"Wan {mode} rank {rank} entropy")
+
+
+@pytest.mark.slow
+def test_unified_ring_and_ulysses_on_four_processes(single_process):
+    """ring_degree=2 x ulysses_degree=2 over four gloo processes (diffusers' unified template):
+    the same equalities as above. Slow: four processes start on two cores."""
+    results = cp_harness.run_workers(
+        cp_harness.flux_scenarios, world=4, latent=LATENT, modes=("unified",)
+    )
+    expected = single_process["rows"]
+    for rank, result in enumerate(results):
+        assert_close(result["unified", "stock"], single_process["stock"], atol=1e-6, rtol=0)
+        assert_close(result["unified", "user_backend"], single_process["ours"], atol=1e-6, rtol=0)
+        for order in ORDERS:
+            what = f"unified {order}, rank {rank}"
+            assert_close(
+                result["unified", order], single_process["ours"], atol=1e-6, rtol=0, what=what
+            )
+            got = torch.tensor([r["entropy"] for r in result["unified", f"{order}_rows"]])
+            want = torch.tensor([r["entropy"] for r in expected])
+            assert_close(got, want, atol=1e-5, rtol=0, what=what + " entropy")
+            assert torch.equal(result["unified", f"{order}_disabled"], result["unified", "stock"])
