@@ -39,6 +39,7 @@ from .parallel import (
     context_parallel_config,
     cp_degree,
     cp_mean,
+    global_key_tokens,
 )
 from .recording import EntropyRecorder
 from .reference import attention_entropy, attention_reference
@@ -206,11 +207,12 @@ class _EntropyAttnBase:
                 f"{self.name}: an attention mask is not supported under context parallelism"
             )
         ranks = cp_degree(config)
-        n_tokens = key.shape[2] * ranks
+        n_tokens = global_key_tokens(key.shape[2], config)
         scale = self.scale_for(attn, n_tokens)
         call_scale = _call_scale(scale, query.shape[-1])
         record = self.recorder is not None
         if not record and takes_scale(self._attention_backend, call_scale):
+            check_context_parallel_backend(self._attention_backend, self.name)
             return dispatch_diffusers(
                 query, key, value, None, call_scale, self._attention_backend, config
             )
@@ -286,6 +288,22 @@ def takes_scale(attention_backend, scale: float | None) -> bool:
     if attention_backend is None:
         return False
     return scale is None or backend_accepts_scale(attention_backend)
+
+
+def check_context_parallel_backend(attention_backend, layer: str) -> None:
+    """Refuse a diffusers backend without context-parallel support under context parallelism (it
+    would attend over this rank's keys only; diffusers' enable_parallelism refuses it too)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    if not _AttentionBackendRegistry._is_context_parallel_available(
+        AttentionBackendName(attention_backend)
+    ):
+        supported = sorted(_AttentionBackendRegistry._supports_context_parallel)
+        raise ValueError(
+            f"layer {layer!r} uses the attention backend {attention_backend!r}, which has no "
+            f"context parallelism; use one of {supported}, or entropy-attn's own "
+            "(enable(..., backend='auto'))"
+        )
 
 
 def dispatch_diffusers(

@@ -124,6 +124,14 @@ def test_parallel_config_is_carried_only_to_processors_that_take_one():
     assert kept._parallel_config is other
 
 
+def test_backend_without_context_parallelism_is_refused():
+    from entropy_attn.processors import check_context_parallel_backend
+
+    check_context_parallel_backend("native", "layer")  # diffusers' ring/Ulysses: accepted
+    with pytest.raises(ValueError, match="'_native_efficient', which has no context parallelism"):
+        check_context_parallel_backend("_native_efficient", "layer")
+
+
 def test_key_count_and_refusals():
     ring = types.SimpleNamespace(
         context_parallel_config=diffusers.ContextParallelConfig(ring_degree=2),
