@@ -219,8 +219,16 @@ def context_parallel_attention(
     Returns:
         ``out`` (``query``'s shape), or ``(out, entropy)``.
     """
-    from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+    try:
+        from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+    except ImportError as error:  # a private name of diffusers (0.42.1 tested)
+        import diffusers
 
+        raise ImportError(
+            "entropy-attn under context parallelism uses diffusers' templated Ulysses/ring "
+            "attention (attention_dispatch._templated_context_parallel_attention), which "
+            f"diffusers {diffusers.__version__} does not have; tested with 0.42.1"
+        ) from error
     op = ShardAttention(backend, return_entropy)
     out = _templated_context_parallel_attention(
         query.transpose(1, 2),
