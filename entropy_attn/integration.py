@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ._extras import needs
+from .parallel import check_parallel_config
 from .pipelines import controlnet_train_size, controlnets_of, enabled_models
 from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
 from .processors import (
@@ -33,6 +34,7 @@ from .processors import (
     _EntropyAttnBase,
     backend_accepts_scale,
     base_scale_of,
+    carry_parallel_config,
     check_backend,
     head_dim_of,
     kind_of,
@@ -314,13 +316,13 @@ def _check_plan(plan: _Plan, processors: dict) -> None:
                 f"layer {name!r} sees {plan.train_tokens[name]} key token at the training size "
                 f"{plan.train_latent} (latent): T must be > 1; pass a larger train_size"
             )
-    if getattr(plan.denoiser, "_parallel_config", None) is not None or any(
-        getattr(processors[name], "_parallel_config", None) is not None for name in plan.replace
-    ):
-        raise ValueError(
-            "the denoiser runs context parallelism (enable_parallelism): entropy-attn's "
-            "processors attend over local keys only and would be wrong; not supported"
-        )
+    # Context parallelism (Ulysses, ring) is supported; what is not is refused here, by name.
+    check_parallel_config(getattr(plan.denoiser, "_parallel_config", None))
+    for name, replaced in plan.replace.items():
+        if replaced:
+            check_parallel_config(
+                getattr(processors[name], "_parallel_config", None), where=f"layer {name!r}"
+            )
     _warn_backends_without_scale(plan, processors)
 
 
@@ -558,7 +560,11 @@ class EntropyAttnHandle:
                 originals[f"{name}.processor"] = self.previous[name]
             module = self._modules[name]
             if module.processor is mine:
-                module.set_processor(self._fused.pop(name, self.previous[name]))
+                # A processor put back under context parallelism gets the config diffusers gave
+                # ours (enable_parallelism after enable never reached it).
+                restored = self._fused.pop(name, self.previous[name])
+                carry_parallel_config(mine, restored)
+                module.set_processor(restored)
                 continue
             for handle in later:
                 if handle.previous.get(name) is mine:
@@ -676,7 +682,9 @@ def enable(
         ValueError: a selected layer has a processor entropy-attn does not reproduce (for example
             an IP-Adapter processor), which it would otherwise drop (leave it out with
             ``exclude=``); ``exclude`` names a layer the denoiser does not have; a selected
-            layer sees one key at the training size; the denoiser runs context parallelism;
+            layer sees one key at the training size; the denoiser runs tensor parallelism, or
+            context parallelism with uneven shards (``ring_anything``/``ulysses_anything``;
+            Ulysses and ring themselves are supported, in either order with ``enable``);
             ``backend`` is unknown, or a diffusers backend whose package is missing; a
             ControlNet of a class entropy-attn cannot count tokens for (``controlnet=False``
             leaves it stock); a perturbed-attention guidance (PAG) pipeline whose PAG
@@ -816,6 +824,7 @@ def _install(plan: _Plan, judged: dict, recorder, backend: str) -> EntropyAttnHa
             recorder=recorder,
             attention_backend=_attention_backend_for(module.processor, backend),
         )
+        carry_parallel_config(module.processor, processor)
         previous[name] = module.processor
         installed[name] = processor
         module.set_processor(processor)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import autoselect
 from ._extras import require
-from .reference import attention_entropy
+from .reference import attention_entropy, attention_logsumexp
 
 BACKENDS = ("auto", "triton", "torch")
 MAX_HEAD_DIM = 256  # the kernel's limit; kept equal to entropy_attn.kernels.MAX_HEAD_DIM by a test
@@ -56,15 +56,17 @@ def _import_kernel():
     return attention_fwd
 
 
-def _attention_fwd(query, key, value, scale: float, return_entropy: bool):
-    """The fused forward in eager mode: ``(out, entropy or None)``."""
+def _attention_fwd(query, key, value, scale: float, return_entropy: bool, return_lse: bool = False):
+    """The fused forward in eager mode: ``(out, entropy or None)``, plus ``lse`` if asked."""
     global _kernels
     if _kernels is None:  # imported on first use: importing triton takes seconds
         _kernels = _import_kernel()
     # Read at run time rather than while tracing (torch.compile cannot trace this getter); it
     # only matters for fp32 inputs.
     allow_tf32 = query.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
-    return _kernels.flash_attention_forward(query, key, value, scale, return_entropy, allow_tf32)
+    return _kernels.flash_attention_forward(
+        query, key, value, scale, return_entropy, allow_tf32, return_lse
+    )
 
 
 def _attention_fwd_impl(
@@ -73,11 +75,14 @@ def _attention_fwd_impl(
     value: torch.Tensor,
     scale: float,
     return_entropy: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    out, entropy = _attention_fwd(query, key, value, scale, return_entropy)
+    return_lse: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    result = _attention_fwd(query, key, value, scale, return_entropy, return_lse)
+    out, entropy = result[0], result[1]
     if entropy is None:
         entropy = query.new_empty((0,), dtype=torch.float32)
-    return out, entropy
+    lse = result[2] if return_lse else query.new_empty((0,), dtype=torch.float32)
+    return out, entropy, lse
 
 
 # The torch.library boundary is what lets torch.compile trace through the Triton launch without a
@@ -89,10 +94,15 @@ _attention_fwd_op = torch.library.custom_op("entropy_attn::attention_fwd", mutat
 
 
 @_attention_fwd_op.register_fake
-def _attention_fwd_fake(query, key, value, scale, return_entropy):
+def _attention_fwd_fake(query, key, value, scale, return_entropy, return_lse):
     out = torch.empty_like(query)
-    shape = query.shape[:3] if return_entropy else (0,)
-    return out, query.new_empty(shape, dtype=torch.float32)
+    entropy_shape = query.shape[:3] if return_entropy else (0,)
+    lse_shape = query.shape[:3] if return_lse else (0,)
+    return (
+        out,
+        query.new_empty(entropy_shape, dtype=torch.float32),
+        query.new_empty(lse_shape, dtype=torch.float32),
+    )
 
 
 def _check_tensor(name: str, tensor) -> None:
@@ -124,7 +134,7 @@ def _check_scale(scale) -> float | None:
     return value
 
 
-def _validate(query, key, value, scale, return_entropy, backend) -> float | None:
+def _validate(query, key, value, scale, return_entropy, backend, return_lse=False) -> float | None:
     """Check every argument; returns ``scale`` as a float (or ``None``).
 
     A valid call is recognised by one compound test (every tensor rule below at once), which
@@ -134,6 +144,7 @@ def _validate(query, key, value, scale, return_entropy, backend) -> float | None
     if (
         type(query) is tensor and type(key) is tensor and type(value) is tensor
         and backend in BACKENDS and (return_entropy is True or return_entropy is False)
+        and (return_lse is True or return_lse is False)
     ):  # fmt: skip
         q_shape, k_shape, v_shape = query.shape, key.shape, value.shape
         dtype = query.dtype
@@ -145,16 +156,20 @@ def _validate(query, key, value, scale, return_entropy, backend) -> float | None
             and key.device == query.device and value.device == query.device
         ):  # fmt: skip
             return _check_scale(scale)
-    return _explain_invalid(query, key, value, scale, return_entropy, backend)
+    return _explain_invalid(query, key, value, scale, return_entropy, backend, return_lse)
 
 
-def _explain_invalid(query, key, value, scale, return_entropy, backend) -> float | None:
+def _explain_invalid(
+    query, key, value, scale, return_entropy, backend, return_lse=False
+) -> float | None:
     """Every rule of :func:`_validate` one at a time, raising a named error for the first one
     broken (returns the scale if, e.g. for a tensor subclass, all hold)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if return_entropy is not True and return_entropy is not False:
         raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
+    if return_lse is not True and return_lse is not False:
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     _check_tensor("query", query)
     _check_tensor("key", key)
     _check_tensor("value", value)
@@ -312,7 +327,7 @@ def entropy_lse(query: torch.Tensor, key: torch.Tensor, scale: float | None = No
     return _lse_entropy(q, k, k_bar, lse, scale)
 
 
-def attention_lse(query, key, value, scale: float | None = None):
+def attention_lse(query, key, value, scale: float | None = None, *, return_lse: bool = False):
     """``(out, entropy)`` from one PyTorch CPU flash-attention call (fp32 or fp64 inputs).
 
     The values are ``[V | K]`` (head dim ``2d``), so the one pass over the logits gives both the
@@ -325,6 +340,9 @@ def attention_lse(query, key, value, scale: float | None = None):
     The output equals SDPA's to rounding, bit for bit at most shapes: the logits' dot products run
     over the padded head dim, which can change the order of the fp32 sums (3e-7 seen at
     ``(2, 10, 196, 64)``). Forward only, CPU, no empty inputs (the callers check).
+
+    With ``return_lse``, returns ``(out, entropy, lse)``: the flash call's per-row log-sum-exp of
+    the scaled logits too (float32).
     """
     head_dim = query.shape[-1]
     if scale is None:
@@ -333,7 +351,10 @@ def attention_lse(query, key, value, scale: float | None = None):
     both, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         F.pad(query, pad), F.pad(key, pad), torch.cat((value, key), -1), scale=scale
     )
+    row_lse = lse.to(torch.float32, copy=True) if return_lse else None  # _lse_entropy takes lse
     entropy = _lse_entropy(query, key, both[..., head_dim:], lse, scale)
+    if return_lse:
+        return both[..., :head_dim], entropy, row_lse
     return both[..., :head_dim], entropy
 
 
@@ -355,12 +376,51 @@ def _torch_attention(query, key, value, scale, return_entropy: bool):
     return out, attention_entropy(query, key, scale).to(torch.float32)
 
 
-def dispatch(query, key, value, scale, return_entropy: bool, backend: str):
+def _torch_attention_lse(query, key, value, scale, return_entropy: bool):
+    """The PyTorch path with the per-row log-sum-exp: ``(out, entropy or None, lse)``.
+
+    On the CPU without autograd, fp32/fp64 take one flash call (the output, the LSE and, through
+    :func:`attention_lse`, the entropy); fp16/bf16 keep SDPA's output and take the LSE (and the
+    entropy) from a float32 flash call with the keys as values, as :func:`entropy_lse`. Elsewhere
+    SDPA plus the differentiable chunked oracles."""
+    if scale is not None and scale > HARD_SCALE:
+        scale = HARD_SCALE
+    row_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    on_cpu = query.device.type == "cpu" and query.numel() and _flash_cpu_available()
+    if on_cpu and not _needs_grad(query, key, value):
+        if query.dtype in (torch.float32, torch.float64):
+            if return_entropy:
+                return attention_lse(query, key, value, row_scale, return_lse=True)
+            q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, scale=row_scale
+            )
+            return out, None, lse.to(torch.float32)
+        out = F.scaled_dot_product_attention(query, key, value, scale=scale)
+        q, k = (x.to(torch.float32).contiguous() for x in (query, key))
+        k_bar, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, k, scale=row_scale
+        )
+        row_lse = lse.clone()
+        entropy = _lse_entropy(q, k, k_bar, lse, row_scale) if return_entropy else None
+        return out, entropy, row_lse
+    out = F.scaled_dot_product_attention(query, key, value, scale=scale)
+    entropy = attention_entropy(query, key, scale).to(torch.float32) if return_entropy else None
+    return out, entropy, attention_logsumexp(query, key, scale).to(torch.float32)
+
+
+def _pack(out, entropy, lse, return_entropy: bool, return_lse: bool):
+    if return_lse:
+        return (out, entropy, lse) if return_entropy else (out, lse)
+    return (out, entropy) if return_entropy else out
+
+
+def dispatch(query, key, value, scale, return_entropy: bool, backend: str, return_lse=False):
     """:func:`attention` without its input validation, for callers whose inputs are valid by
     construction (the diffusers processors). ``scale=None`` stays SDPA's own default on the
     PyTorch path, so stock numerics are kept bit for bit."""
     compiling = torch.compiler.is_compiling()
-    return _dispatch(query, key, value, scale, return_entropy, backend, compiling)
+    return _dispatch(query, key, value, scale, return_entropy, backend, compiling, return_lse)
 
 
 def _auto_backend(query, key, value, scale, return_entropy: bool) -> str:
@@ -406,23 +466,30 @@ def _attention_auto_fake(query, key, value, scale):
     return torch.empty_like(query)
 
 
-def _dispatch(query, key, value, scale, return_entropy: bool, backend: str, compiling: bool):
-    if backend == "torch" or (backend == "auto" and not query.is_cuda):
+def _dispatch(
+    query, key, value, scale, return_entropy: bool, backend: str, compiling: bool, return_lse=False
+):
+    torch_path = backend == "torch" or (backend == "auto" and not query.is_cuda)
+    if torch_path or _resolve_backend(backend, query, key, value) != "triton":
+        if return_lse:
+            out, entropy, lse = _torch_attention_lse(query, key, value, scale, return_entropy)
+            return _pack(out, entropy, lse, return_entropy, True)
         return _torch_attention(query, key, value, scale, return_entropy)
-    if _resolve_backend(backend, query, key, value) != "triton":
-        return _torch_attention(query, key, value, scale, return_entropy)
-    if backend == "auto" and not return_entropy:
+    if backend == "auto" and not return_entropy and not return_lse:
         if compiling:
             return _attention_auto_op(query, key, value, scale)
         if _auto_backend(query, key, value, scale, False) == "torch":
             return _torch_attention(query, key, value, scale, False)
     kernel_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     if compiling:
-        out, entropy = _attention_fwd_op(query, key, value, kernel_scale, return_entropy)
+        out, entropy, lse = _attention_fwd_op(
+            query, key, value, kernel_scale, return_entropy, return_lse
+        )
     else:
         _validate_triton(query, key, value)
-        out, entropy = _attention_fwd(query, key, value, kernel_scale, return_entropy)
-    return (out, entropy) if return_entropy else out
+        result = _attention_fwd(query, key, value, kernel_scale, return_entropy, return_lse)
+        out, entropy, lse = result if return_lse else (*result, None)
+    return _pack(out, entropy, lse, return_entropy, return_lse)
 
 
 def attention(
@@ -433,7 +500,8 @@ def attention(
     *,
     return_entropy: bool = False,
     backend: str = "auto",
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """``softmax(scale * query @ key^T) @ value``, optionally with per-row attention entropy.
 
     Args:
@@ -456,10 +524,15 @@ def attention(
             head_dim <= 256 and no autograd: Triton when ``return_entropy``, else whichever of
             Triton and SDPA was measured faster on this GPU, see :mod:`entropy_attn.autoselect`;
             PyTorch otherwise).
+        return_lse: also return ``LSE_i = ln sum_j exp(scale q_i.k_j)`` per query row (float32,
+            nats; the fused kernel's ``ln(2) m + ln l``), what merges attention over key shards
+            (:mod:`entropy_attn.parallel`). ``LSE_i - H_i`` is the row's mean logit
+            ``sum_j A_ij s_ij``.
 
     Returns:
-        ``out`` with ``query``'s shape and dtype, or ``(out, entropy)`` with ``entropy`` float32 of
-        shape ``(batch, heads, seq_q)`` in nats.
+        ``out`` with ``query``'s shape and dtype; ``(out, entropy)`` with ``entropy`` float32 of
+        shape ``(batch, heads, seq_q)`` in nats; ``(out, lse)`` with ``return_lse``, and
+        ``(out, entropy, lse)`` with both (``lse`` float32, ``(batch, heads, seq_q)``).
 
     Numerics: fp32 inputs on the Triton backend use IEEE fp32 dot products unless
     ``torch.get_float32_matmul_precision()`` is ``"high"`` or ``"medium"``, in which case TF32 is
@@ -467,8 +540,8 @@ def attention(
     """
     compiling = torch.compiler.is_compiling()
     if not compiling:
-        scale = _validate(query, key, value, scale, return_entropy, backend)
-    return _dispatch(query, key, value, scale, return_entropy, backend, compiling)
+        scale = _validate(query, key, value, scale, return_entropy, backend, return_lse)
+    return _dispatch(query, key, value, scale, return_entropy, backend, compiling, return_lse)
 
 
 __all__ = [

@@ -36,6 +36,14 @@ import math
 import torch
 
 from .ops import _resolve_backend, dispatch
+from .parallel import (
+    check_parallel_config,
+    context_parallel_attention,
+    context_parallel_config,
+    cp_degree,
+    cp_mean,
+    global_key_tokens,
+)
 from .recording import EntropyRecorder
 from .reference import attention_entropy, attention_reference
 
@@ -71,6 +79,16 @@ def kind_of(attn) -> str:
     if getattr(attn, "is_cross_attention", False):
         return "cross"
     return "self"
+
+
+def carry_parallel_config(source, target) -> None:
+    """Give ``target`` the context-parallel config of ``source`` (what diffusers'
+    ``enable_parallelism`` gave ``source``, and would have given ``target`` had it been
+    installed then): for a processor that diffusers hands a ``_parallel_config`` and that has
+    none yet."""
+    config = getattr(source, "_parallel_config", None)
+    if config is not None and getattr(target, "_parallel_config", False) is None:
+        target._parallel_config = config
 
 
 def _call_scale(scale: float, head_dim: int) -> float | None:
@@ -159,6 +177,9 @@ class _EntropyAttnBase:
                 f"{self.name}: query, key and value dtypes differ "
                 f"({query.dtype}, {key.dtype}, {value.dtype})"
             )
+        parallel_config = context_parallel_config(getattr(self, "_parallel_config", None))
+        if parallel_config is not None:
+            return self._attend_parallel(attn, query, key, value, attention_mask)
         head_dim = query.shape[-1]
         n_tokens = key.shape[2]
         scale = self.scale_for(attn, n_tokens)
@@ -184,17 +205,51 @@ class _EntropyAttnBase:
         else:
             with torch.no_grad():
                 entropy = attention_entropy(query, key, call_scale, attn_mask=attention_mask)
+        self._record(attn, entropy, query, n_tokens, query.shape[2], scale)
+        return out
+
+    def _record(self, attn, entropy, query, n_tokens: int, query_tokens: int, scale: float):
         self.recorder.add(
             entropy,
             layer=self.name,
             kind=kind_of(attn),
             heads=query.shape[1],
-            head_dim=head_dim,
-            query_tokens=query.shape[2],
+            head_dim=query.shape[-1],
+            query_tokens=query_tokens,
             n_tokens=n_tokens,
             train_tokens=self.train_tokens,
             scale=scale,
         )
+
+    def _attend_parallel(self, attn, query, key, value, attention_mask) -> torch.Tensor:
+        """:meth:`attend` under diffusers' context parallelism: this rank holds a shard of the
+        tokens; ``N`` counts every rank's keys, and the attention runs over all of them through
+        diffusers' Ulysses/ring templates (:mod:`entropy_attn.parallel`). A recorded entropy is
+        the mean over every rank's rows: the value a single process records."""
+        config = self._parallel_config
+        check_parallel_config(config, where=f"layer {self.name!r}")
+        if attention_mask is not None:
+            raise ValueError(
+                f"{self.name}: an attention mask is not supported under context parallelism"
+            )
+        ranks = cp_degree(config)
+        n_tokens = global_key_tokens(key.shape[2], config)
+        scale = self.scale_for(attn, n_tokens)
+        call_scale = _call_scale(scale, query.shape[-1])
+        record = self.recorder is not None
+        if not record and takes_scale(self._attention_backend, call_scale):
+            check_context_parallel_backend(self._attention_backend, self.name)
+            return dispatch_diffusers(
+                query, key, value, None, call_scale, self._attention_backend, config
+            )
+        backend = op_backend(self.backend, record)
+        out = context_parallel_attention(
+            query, key, value, call_scale, config, backend=backend, return_entropy=record
+        )
+        if not record:
+            return out
+        out, entropy = out
+        self._record(attn, cp_mean(entropy, config), query, n_tokens, query.shape[2] * ranks, scale)
         return out
 
     def __repr__(self) -> str:
@@ -261,9 +316,28 @@ def takes_scale(attention_backend, scale: float | None) -> bool:
     return scale is None or backend_accepts_scale(attention_backend)
 
 
-def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backend):
+def check_context_parallel_backend(attention_backend, layer: str) -> None:
+    """Refuse a diffusers backend without context-parallel support under context parallelism (it
+    would attend over this rank's keys only; diffusers' enable_parallelism refuses it too)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    if not _AttentionBackendRegistry._is_context_parallel_available(
+        AttentionBackendName(attention_backend)
+    ):
+        supported = sorted(_AttentionBackendRegistry._supports_context_parallel)
+        raise ValueError(
+            f"layer {layer!r} uses the attention backend {attention_backend!r}, which has no "
+            f"context parallelism; use one of {supported}, or entropy-attn's own "
+            "(enable(..., backend='auto'))"
+        )
+
+
+def dispatch_diffusers(
+    query, key, value, attention_mask, scale, attention_backend, parallel_config=None
+):
     """``(B, H, L, D)`` attention through diffusers' ``dispatch_attention_fn`` (which takes
-    ``(B, L, H, D)``) on the chosen backend, with ``scale`` passed to it."""
+    ``(B, L, H, D)``) on the chosen backend, with ``scale`` (and diffusers' ``parallel_config``,
+    under context parallelism) passed to it."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     out = dispatch_attention_fn(
@@ -273,6 +347,7 @@ def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backe
         attn_mask=attention_mask,
         scale=scale,
         backend=attention_backend,
+        parallel_config=parallel_config,
     )
     return out.transpose(1, 2)
 
@@ -525,7 +600,14 @@ class EntropyFluxAttnProcessor(_EntropyAttnBase):
     Double-stream blocks attend over text + image tokens, single-stream blocks over the same
     concatenation: ``N`` is 512 + 4096 for FLUX at 1024 px with its default 512 text tokens.
     Rotary embeddings and QK RMS norms are applied exactly as in the stock processor.
+
+    Under diffusers' context parallelism (``enable_parallelism``, before or after ``enable``)
+    ``N`` counts the keys of every rank: see :meth:`_attend_parallel`.
     """
+
+    # As the stock processor: enable_parallelism gives its ParallelConfig to every processor
+    # that has this attribute.
+    _parallel_config = None
 
     def __call__(
         self,
@@ -664,6 +746,7 @@ __all__ = [
     "EntropyJointAttnProcessor",
     "EntropyPAGProcessor",
     "base_scale_of",
+    "carry_parallel_config",
     "head_dim_of",
     "kind_of",
     "layer_scale",

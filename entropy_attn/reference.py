@@ -74,6 +74,36 @@ def attention_entropy(
     return torch.cat(pieces, dim=-1)
 
 
+def attention_logsumexp(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float | None = None,
+    *,
+    chunk_elements: int = _CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Per-row log-sum-exp of the scaled logits, ``LSE_i = ln sum_j exp(scale q_i.k_j)`` (nats).
+
+    Shapes as :func:`attention_entropy`; float64 for float64 inputs and float32 otherwise, in
+    query chunks of at most ``chunk_elements`` logits; differentiable."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    compute_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    key_t = key.to(compute_dtype).transpose(-2, -1)
+    seq_k = key.shape[-2]
+    rows_per_chunk = max(1, chunk_elements // max(1, seq_k * query[..., :1, :1].numel()))
+    pieces = [
+        torch.logsumexp(
+            torch.matmul(query[..., start : start + rows_per_chunk, :].to(compute_dtype), key_t)
+            * scale,
+            dim=-1,
+        )
+        for start in range(0, query.shape[-2], rows_per_chunk)
+    ]
+    if not pieces:
+        return query.new_empty(query.shape[:-1], dtype=compute_dtype)
+    return torch.cat(pieces, dim=-1)
+
+
 def attention_reference(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -94,4 +124,4 @@ def attention_reference(
     return out, attention_entropy(query, key, scale, attn_mask=attn_mask)
 
 
-__all__ = ["attention_entropy", "attention_reference"]
+__all__ = ["attention_entropy", "attention_logsumexp", "attention_reference"]

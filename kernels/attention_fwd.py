@@ -6,6 +6,7 @@ Math, per (batch, head) and query row ``i``::
     A_ij = softmax_j(s_ij)
     o_i  = sum_j A_ij v_j
     H_i  = -sum_j A_ij ln A_ij           attention entropy, nats (only if RETURN_ENTROPY)
+    L_i  = ln sum_j exp(s_ij)            log-sum-exp of the logits, nats (only if RETURN_LSE)
 
 Numerics:
 
@@ -25,6 +26,8 @@ Numerics:
   fp16/bf16/fp32) and the tile skips the ``alpha`` multiplies of the accumulator and sums. The
   first tile always moves it (from ``-inf``); so does the ragged last tile, after the loop,
   without a test (a branch there made Triton 3.6's ptxas serialise every wgmma of the kernel).
+* The log-sum-exp is ``L = ln(2) m + ln l`` at the end, exact for whatever reference ``m`` the
+  rows ended with (``l`` is relative to it); context parallelism merges key shards with it.
 * On sm_90, ``l`` and ``t`` are kept as 8 partial sums per row (``(BLOCK_M, 8)``: the key
   columns split ``(BLOCK_N / 8, 8)``, the 8 being those that the threads of one row share in the
   tensor-core layouts), summed over the 8 once at the end: each key tile sums within a thread
@@ -342,6 +345,7 @@ def _attend_key_tile(
         "SEQ_K_BUCKET",
         "BATCH_HEADS_BUCKET",
         "RETURN_ENTROPY",
+        "RETURN_LSE",
         "STRIDE_ALIGN",
     ],
     prune_configs_by={"early_config_prune": _prune_configs},
@@ -355,6 +359,7 @@ def _attention_fwd_kernel(
     V,
     Out,
     Ent,
+    Lse,
     qk_scale_log2,
     stride_qb,
     stride_qh,
@@ -385,6 +390,7 @@ def _attention_fwd_kernel(
     EARLY_V: tl.constexpr,
     ROW_PARTS: tl.constexpr,
     RETURN_ENTROPY: tl.constexpr,
+    RETURN_LSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     STRIDE_ALIGN: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -514,6 +520,9 @@ def _attention_fwd_kernel(
         entropy = tl.where(entropy < 0.0, 0.0, entropy)
         ent_ptrs = Ent + batch_head.to(tl.int64) * seq_q + offs_m
         tl.store(ent_ptrs, entropy, mask=row_ok)
+    if RETURN_LSE:
+        lse = 0.6931471805599453 * row_max + tl.log(row_sum)  # ln(2) m + ln l
+        tl.store(Lse + batch_head.to(tl.int64) * seq_q + offs_m, lse, mask=row_ok)
 
 
 def head_dim_split(head_dim: int) -> tuple[int, int]:
@@ -598,7 +607,9 @@ def _plan_for(query) -> _LaunchPlan:
     return _LaunchPlan(template.expand(batch, heads, seq_q), seq_q == 0 or batch * heads == 0)
 
 
-def _kernel_meta(query, key, value, out, return_entropy: bool, allow_tf32: bool) -> dict:
+def _kernel_meta(
+    query, key, value, out, return_entropy: bool, allow_tf32: bool, return_lse: bool = False
+) -> dict:
     """The kernel's constexprs for this call signature."""
     head_dim = query.shape[3]
     # The precision switch only affects fp32 inputs; fp16/bf16 dots are exact products with fp32
@@ -608,6 +619,7 @@ def _kernel_meta(query, key, value, out, return_entropy: bool, allow_tf32: bool)
         "HEAD_DIM": head_dim,
         **tile_constexprs(head_dim, _arch(query)),
         "RETURN_ENTROPY": bool(return_entropy),
+        "RETURN_LSE": bool(return_lse),
         "DOT_PRECISION": precision,
         "STRIDE_ALIGN": stride_align(query, key, value, out),
     }
@@ -631,16 +643,18 @@ def _scalar_args(query, key, value, out) -> tuple:
     )
 
 
-def _uniform_attention(query, key, value, out, entropy) -> None:
-    """Attention at scale 0 into ``out`` and ``entropy``: the mean of the values, entropy
-    ``ln seq_k``. ``0 * x`` is NaN for a non-finite ``x``, so a row whose query is not finite, and
-    every row of a head with a non-finite key, gets NaN (as the kernel would at any scale)."""
+def _uniform_attention(query, key, value, out, entropy, lse=None) -> None:
+    """Attention at scale 0 into ``out``, ``entropy`` and ``lse``: the mean of the values, entropy
+    and log-sum-exp ``ln seq_k`` (the logits are 0 to fp32 precision). ``0 * x`` is NaN for a
+    non-finite ``x``, so a row whose query is not finite, and every row of a head with a
+    non-finite key, gets NaN (as the kernel would at any scale)."""
     seq_k = key.shape[2]
     bad = ~torch.isfinite(query).all(-1) | ~torch.isfinite(key).all(-1).all(-1, keepdim=True)
     mean = value.to(torch.float32).mean(2, keepdim=True).expand(out.shape)
     out.copy_(torch.where(bad[..., None], float("nan"), mean))
-    if entropy is not None:
-        entropy.copy_(torch.where(bad, float("nan"), math.log(seq_k)))
+    for row_value in (entropy, lse):
+        if row_value is not None:
+            row_value.copy_(torch.where(bad, float("nan"), math.log(seq_k)))
 
 
 def flash_attention_forward(
@@ -650,7 +664,11 @@ def flash_attention_forward(
     scale: float,
     return_entropy: bool = False,
     allow_tf32: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return_lse: bool = False,
+) -> (
+    tuple[torch.Tensor, torch.Tensor | None]
+    | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+):
     """Launch the fused forward kernel. No input validation beyond the scale: the op layer does it.
 
     Args:
@@ -662,10 +680,12 @@ def flash_attention_forward(
             clamped to it, where softmax is already hard attention on the maximal logits.
         return_entropy: also compute the per-row attention entropy (nats) in the same pass.
         allow_tf32: let fp32 inputs use TF32 tensor-core dots; ``False`` keeps IEEE fp32.
+        return_lse: also return the per-row log-sum-exp of the scaled logits (nats).
 
     Returns:
-        ``(out, entropy)``: ``out`` has ``query``'s shape, dtype and memory layout; ``entropy`` is
-        a contiguous fp32 ``(batch, heads, seq_q)`` tensor, or ``None`` when not requested. A NaN
+        ``(out, entropy)``, or ``(out, entropy, lse)`` with ``return_lse``: ``out`` has ``query``'s
+        shape, dtype and memory layout; ``entropy`` is a contiguous fp32 ``(batch, heads, seq_q)``
+        tensor, or ``None`` when not requested; ``lse`` likewise (always a tensor). A NaN
         in a query row gives that row NaN; a NaN in a key gives its head NaN (no clamp hides it).
 
     The launch plan (strides, tile constexprs, stride alignment, the autotuned tile) is cached
@@ -685,6 +705,7 @@ def flash_attention_forward(
         value.stride(),
         return_entropy,
         allow_tf32,
+        return_lse,
     )
     plan = _PLANS.get(signature)
     if plan is None:
@@ -695,13 +716,16 @@ def flash_attention_forward(
     # empty_like of the plan's zero-stride template: a contiguous fp32 (batch, heads, seq_q)
     # tensor, with less argument parsing than torch.empty(shape, device=, dtype=).
     entropy = torch.empty_like(plan.entropy_like) if return_entropy else None
+    lse = torch.empty_like(plan.entropy_like) if return_lse else None
+    result = (out, entropy, lse) if return_lse else (out, entropy)
     if plan.empty:
-        return out, entropy
+        return result
     if scale_log2 < _MIN_KERNEL_SCALE_LOG2:
-        _uniform_attention(query, key, value, out, entropy)
-        return out, entropy
+        _uniform_attention(query, key, value, out, entropy, lse)
+        return result
     kernel = _attention_fwd_kernel
     ent_arg = out if entropy is None else entropy
+    lse_arg = out if lse is None else lse
     if (
         plan.config is not None
         and kernel.configs is plan.configs
@@ -710,26 +734,26 @@ def flash_attention_forward(
         # The autotuner's own run would recompute its key from every argument (tens of
         # microseconds of Python) only to find this same config in its cache.
         kernel.fn.run(
-            query, key, value, out, ent_arg, scale_log2, *plan.args,
+            query, key, value, out, ent_arg, lse_arg, scale_log2, *plan.args,
             grid=plan.grid, warmup=False, **plan.launch_meta,
         )  # fmt: skip
-        return out, entropy
+        return result
     if plan.meta is None:  # (args first: another thread may test meta meanwhile)
         plan.args = _scalar_args(query, key, value, out)
-        plan.meta = _kernel_meta(query, key, value, out, return_entropy, allow_tf32)
+        plan.meta = _kernel_meta(query, key, value, out, return_entropy, allow_tf32, return_lse)
     batch, heads, seq_q, _ = query.shape
 
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]) * batch * heads,)
 
-    kernel[grid](query, key, value, out, ent_arg, scale_log2, *plan.args, **plan.meta)
+    kernel[grid](query, key, value, out, ent_arg, lse_arg, scale_log2, *plan.args, **plan.meta)
     if isinstance(kernel, triton.runtime.Autotuner) and kernel.best_config.pre_hook is None:
         config = kernel.best_config
         plan.grid = grid(config.kwargs)
         plan.launch_meta = {**plan.meta, **config.all_kwargs()}
         plan.configs, plan.cache = kernel.configs, kernel.cache
         plan.config = config  # last: the fast path above starts using the plan once it is set
-    return out, entropy
+    return result
 
 
 __all__ = [

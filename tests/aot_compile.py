@@ -70,6 +70,7 @@ def launch_arguments(dtype: str, head_dim: int, layout: str, entropy: bool, arch
         HEAD_DIM=head_dim,
         **fwd.tile_constexprs(head_dim, arch),
         RETURN_ENTROPY=entropy,
+        RETURN_LSE=False,
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
         STRIDE_ALIGN=fwd.stride_align(query),
     )
@@ -85,8 +86,8 @@ def compile_variant(
     signature, attrs = {}, {}
     divisible = [["tt.divisibility", 16]]
     for index, name in enumerate(jit.arg_names):
-        if name in ("Q", "K", "V", "Out", "Ent"):
-            signature[name] = "*fp32" if name == "Ent" else POINTER[dtype]
+        if name in ("Q", "K", "V", "Out", "Ent", "Lse"):
+            signature[name] = "*fp32" if name in ("Ent", "Lse") else POINTER[dtype]
             attrs[(index,)] = divisible  # torch allocations are 16-byte aligned
         elif name == "qk_scale_log2":
             signature[name] = "fp32"

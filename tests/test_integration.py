@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import types
 
 import numpy as np
 import pytest
@@ -396,10 +397,13 @@ def test_single_token_training_size_is_refused_at_enable():
     )
 
 
-def test_context_parallelism_is_refused():
+def test_tensor_parallelism_is_refused():
+    """Context parallelism is supported (tests/test_parallel.py); tensor parallelism is not."""
     pipe = tiny_sd_pipeline()
-    pipe.unet._parallel_config = object()
-    with pytest.raises(ValueError, match="context parallelism"):
+    pipe.unet._parallel_config = types.SimpleNamespace(
+        tensor_parallel_config=object(), context_parallel_config=None
+    )
+    with pytest.raises(ValueError, match="tensor parallelism"):
         entropy_attn.enable(pipe)
 
 

@@ -209,11 +209,12 @@ def test_custom_op_opcheck(generator):
     from entropy_attn.ops import _attention_fwd_op
 
     for return_entropy in (True, False):
-        torch.library.opcheck(
-            _attention_fwd_op,
-            (q, k, v, 0.25, return_entropy),
-            test_utils=("test_schema", "test_faketensor"),
-        )
+        for return_lse in (True, False):
+            torch.library.opcheck(
+                _attention_fwd_op,
+                (q, k, v, 0.25, return_entropy, return_lse),
+                test_utils=("test_schema", "test_faketensor"),
+            )
 
 
 def test_torch_compile_traces_without_graph_break(generator):
