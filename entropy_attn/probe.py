@@ -164,7 +164,11 @@ _TEXT_TOKENS = {
 
 
 def default_text_tokens(denoiser: torch.nn.Module, pipe=None) -> int:
-    """Text tokens the denoiser sees by default in its pipeline (see ``_TEXT_TOKENS``)."""
+    """Text tokens the denoiser sees by default in its pipeline: the pipeline's own
+    ``text_tokens`` attribute if it has one (the digits models), else ``_TEXT_TOKENS``."""
+    own = getattr(pipe, "text_tokens", None)
+    if isinstance(own, int) and not isinstance(own, bool) and own >= 1:
+        return own
     if type(pipe).__name__ == "PixArtSigmaPipeline":
         return 300
     return _TEXT_TOKENS.get(type(unwrap(denoiser)).__name__, 77)
