@@ -191,6 +191,7 @@ def evaluate(
     """
     from .. import integration
     from . import load_pipeline
+    from .models import own_positions
 
     if isinstance(model, str):
         name = name or model
@@ -229,7 +230,7 @@ def evaluate(
                     width=width,
                     num_inference_steps=steps,
                     latents=noise,
-                    positions=pos,
+                    positions=own_positions(pipe, pos),
                 )
             predicted, features = classify(images)
             right = predicted == labels.numpy()
@@ -251,7 +252,7 @@ def evaluate(
                     height=height,
                     width=width,
                     method=method,
-                    positions=pos,
+                    positions=pos if own_positions(pipe, pos) == pos else "stock",
                     n=n_per_cell,
                     correct=int(right.sum()),
                     accuracy=float(right.mean()),
