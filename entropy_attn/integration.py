@@ -648,6 +648,10 @@ def enable(
     _positions.check_preset(positions, denoiser)
     convs = _check_redilation(denoiser, redilate, redilate_min_timestep, redilate_blocks)
     if not scale:
+        if layers != "self":
+            raise ValueError(
+                f"layers={layers!r} selects layers for the scale, but scale=False: drop one"
+            )
         layers = _select_none
     nets = [net for _, net in controlnets_of(pipe)] if controlnet else []
     models = [denoiser, *nets]

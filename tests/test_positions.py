@@ -367,3 +367,5 @@ def test_pixart_interpolate_is_its_stock_and_rope_presets_are_refused():
         entropy_attn.enable(model, redilate=True)
     with pytest.raises(TypeError, match="scale must be a bool"):
         entropy_attn.enable(model, scale="yes")
+    with pytest.raises(ValueError, match="layers='all' selects layers for the scale"):
+        entropy_attn.enable(model, scale=False, layers="all")
