@@ -686,6 +686,8 @@ def _check_redilation(denoiser, redilate, min_timestep, blocks) -> dict:
     if not redilate:
         if blocks is not None:
             raise ValueError("redilate_blocks is given but redilate is False")
+        if min_timestep != _redilation.DEFAULT_MIN_TIMESTEP:
+            raise ValueError("redilate_min_timestep is given but redilate is False")
         return {}
     if not (hasattr(denoiser, "down_blocks") and hasattr(denoiser, "up_blocks")):
         raise ValueError(

@@ -165,6 +165,8 @@ def test_redilation_arguments_are_checked():
     unet = _unet()
     with pytest.raises(ValueError, match="redilate_blocks is given but redilate is False"):
         entropy_attn.enable(unet, redilate_blocks=lambda n, c: True)
+    with pytest.raises(ValueError, match="redilate_min_timestep is given but redilate is False"):
+        entropy_attn.enable(unet, redilate_min_timestep=100)
     with pytest.raises(ValueError, match="selects no convolution"):
         entropy_attn.enable(unet, redilate=True, redilate_blocks=lambda n, c: False)
     with pytest.raises(TypeError, match="redilate must be a bool"):
