@@ -15,12 +15,15 @@ at the training resolution, counted on the real architecture (see :mod:`entropy_
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from . import positions as _positions
+from . import redilation as _redilation
 from ._extras import needs
 from .parallel import check_parallel_config
 from .pipelines import controlnet_train_size, controlnets_of, enabled_models
@@ -466,6 +469,9 @@ class EntropyAttnHandle:
         self._fused: dict = {}
         # [pipeline, PAG processors found there, entropy-attn's] for a PAG pipeline (see enable)
         self._pag: list | None = None
+        self.positions = "stock"
+        self.redilate = False
+        self._fixes: list = []  # hooks and patches of positions= / redilate=, removable
 
     def __getstate__(self) -> dict:
         # A copy of the denoiser (copy.deepcopy, pickle) is not part of the PAG pipeline.
@@ -494,6 +500,15 @@ class EntropyAttnHandle:
                 self._fused[name] = fused
                 module.set_processor(mine)
 
+    def _newest_with(self, attribute: str) -> bool:
+        """Whether this handle is in force and the newest one in force that sets ``attribute``
+        (a position preset, re-dilation): nested calls override, and the outer one resumes."""
+        state = _DenoiserState.of(self.denoiser)
+        if state is None or self not in state.handles:
+            return False
+        setting = [h for h in state.handles if getattr(h, attribute) not in ("stock", False)]
+        return bool(setting) and setting[-1] is self
+
     @property
     def original_processors(self) -> dict:
         """Qualified layer name -> the processor the layer held before entropy-attn first
@@ -513,7 +528,22 @@ class EntropyAttnHandle:
         if state is None or self not in state.handles:
             return False
         state.reconcile()
-        return any(self._modules[name].processor is p for name, p in self.installed.items())
+        return bool(self._fixes) or any(
+            self._modules[name].processor is p for name, p in self.installed.items()
+        )
+
+    @property
+    def scale_active(self) -> bool:
+        """Whether the entropy-preserving scale of this call is installed on some layer now."""
+        state = _DenoiserState.of(self.denoiser)
+        if state is None or self not in state.handles:
+            return False
+        rescaled = set(self.rescaled_layers)
+        return any(
+            self._modules[name].processor is p
+            for name, p in self.installed.items()
+            if name in rescaled
+        )
 
     def entropy_rows(self) -> list[dict]:
         """Recorded entropy, as :meth:`EntropyRecorder.rows
@@ -572,6 +602,9 @@ class EntropyAttnHandle:
                     break
         if self._hook is not None:
             self._hook.remove()
+        for fix in reversed(self._fixes):
+            fix.remove()
+        self._fixes = []
         state.handles.remove(self)
         if not state.handles:
             state.close()
@@ -630,6 +663,11 @@ def enable(
     backend: str = "auto",
     text_tokens: int | None = None,
     controlnet: bool = True,
+    scale: bool = True,
+    positions: str = "stock",
+    redilate: bool = False,
+    redilate_min_timestep: float = _redilation.DEFAULT_MIN_TIMESTEP,
+    redilate_blocks: Callable[[str, torch.nn.Module], bool] | None = None,
 ) -> EntropyAttnHandle:
     """Install entropy-attn processors on a pipeline's denoiser (or on a bare UNet).
 
@@ -670,6 +708,23 @@ def enable(
             ``MultiControlNetModel``), with ``T`` counted on each ControlNet's own architecture
             at the same training size; ``layers`` gets each model's own layer names. Their
             handles are ``handle.controlnet_handles``; ``disable`` restores them too.
+        scale: ``False`` keeps every layer at its stock scale (``layers`` then selects nothing):
+            the size fixes below without the paper's scale, or entropy recording of stock.
+        positions: ``"stock"`` (default: the model's own), ``"interpolate"``, ``"ntk"`` or
+            ``"yarn"``; see :mod:`entropy_attn.positions` (FLUX and registered RoPE backbones:
+            all three; SD3: ``"interpolate"``; PixArt: ``"interpolate"``, which is its stock).
+            Each changes only axes longer than at the training size. YaRN's attention
+            temperature is dropped while the scale is in force on the denoiser (never both).
+        redilate: ScaleCrafter's re-dilated convolutions for UNets at larger sizes (see
+            :mod:`entropy_attn.redilation`): dilation from the size ratio per axis, in the
+            blocks ``redilate_blocks`` selects (callable ``(name, conv) -> bool``; default: the
+            ResNet and sampler convs outside the outermost down and up blocks), on calls whose
+            timestep is ``>= redilate_min_timestep`` (default 600 of 1000: the first 40% of
+            sampling).
+
+        The newest call in force that sets ``positions`` (or ``redilate``) is the one that
+        applies; a call with the defaults changes neither, so an outer call's setting carries on
+        through it. ControlNets keep their stock positions and convolutions.
 
     Returns:
         An :class:`EntropyAttnHandle`. Enable calls on one denoiser stack: a new call judges the
@@ -702,9 +757,18 @@ def enable(
     _recorder_for(record_entropy, record_last_steps)  # validated before anything changes
     check_backend(backend)
     pag = _pag_processors(pipe)
-    if not isinstance(controlnet, bool):
-        raise TypeError(f"controlnet must be a bool, got {type(controlnet).__name__}")
+    for flag, value in (("controlnet", controlnet), ("scale", scale), ("redilate", redilate)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
     denoiser = find_denoiser(pipe)
+    _positions.check_preset(positions, denoiser)
+    convs = _check_redilation(denoiser, redilate, redilate_min_timestep, redilate_blocks)
+    if not scale:
+        if layers != "self":
+            raise ValueError(
+                f"layers={layers!r} selects layers for the scale, but scale=False: drop one"
+            )
+        layers = _select_none
     nets = [net for _, net in controlnets_of(pipe)] if controlnet else []
     models = [denoiser, *nets]
     sizes = [train_size]
@@ -727,6 +791,7 @@ def enable(
     handles[0].controlnet_handles = tuple(handles[1:])
     if pag is not None:
         _install_pag(pipe, handles[0], pag)
+    _install_fixes(handles[0], plans[0][0], positions, redilate, redilate_min_timestep, convs)
     return handles[0]
 
 
@@ -767,6 +832,59 @@ def _install_pag(pipe, handle: EntropyAttnHandle, found: tuple) -> None:
     ours = tuple(EntropyPAGProcessor(p, layers) for p in stock)
     pipe._pag_attn_processors = ours
     handle._pag = [pipe, found, ours]
+
+
+def _select_none(name: str, attn: torch.nn.Module) -> bool:
+    return False
+
+
+def _check_redilation(denoiser, redilate, min_timestep, blocks) -> dict:
+    """The convs ``redilate`` would change (none when off); refuses what it cannot do."""
+    if not redilate:
+        if blocks is not None:
+            raise ValueError("redilate_blocks is given but redilate is False")
+        if min_timestep != _redilation.DEFAULT_MIN_TIMESTEP:
+            raise ValueError("redilate_min_timestep is given but redilate is False")
+        return {}
+    if not (hasattr(denoiser, "down_blocks") and hasattr(denoiser, "up_blocks")):
+        raise ValueError(
+            f"redilate=True applies to UNets (down_blocks/up_blocks), not {type(denoiser).__name__}"
+        )
+    if isinstance(min_timestep, bool) or not isinstance(min_timestep, int | float):
+        raise TypeError(f"redilate_min_timestep must be a number, got {min_timestep!r}")
+    if not math.isfinite(min_timestep):
+        raise ValueError(f"redilate_min_timestep must be finite, got {min_timestep!r}")
+    if blocks is not None and not callable(blocks):
+        raise TypeError("redilate_blocks must be a callable (name, conv) -> bool or None")
+    convs = _redilation.selected_convs(denoiser, blocks)
+    if not convs:
+        raise ValueError("redilate=True but redilate_blocks selects no convolution of the UNet")
+    return convs
+
+
+def _install_fixes(handle, plan, positions, redilate, min_timestep, convs) -> None:
+    """Install the size fixes of one enable call on its denoiser (removed by its disable)."""
+    handle.positions, handle.redilate = positions, redilate
+    denoiser = plan.denoiser
+    if positions != "stock":
+        extent = _positions.train_extent(denoiser, plan.train_latent)
+        context = _positions.PositionsContext(positions, extent)
+        context.effective = lambda: handle._newest_with("positions")
+        context.scale_in_force = lambda: _scale_in_force(denoiser)
+        try:
+            handle._fixes += _positions.install(denoiser, context)
+        except Exception:
+            handle.disable()  # nothing stays changed when enable raises
+            raise
+    if redilate:
+        context = _redilation.RedilationContext(plan.train_latent, min_timestep)
+        context.effective = lambda: handle._newest_with("redilate")
+        handle._fixes += _redilation.install(denoiser, context, convs)
+
+
+def _scale_in_force(denoiser) -> bool:
+    state = _DenoiserState.of(denoiser)
+    return state is not None and any(h.scale_active for h in state.handles)
 
 
 def _split_exclusion(exclude: LayerExclusion, models: list) -> list[LayerExclusion]:

@@ -166,14 +166,13 @@ _TEXT_TOKENS = {
 def default_text_tokens(denoiser: torch.nn.Module, pipe=None) -> int:
     """Text tokens the denoiser sees by default in its pipeline.
 
-    In order: a pipeline class that states it (``denoiser_text_tokens``, e.g. the digits
-    pipelines' one label token); PixArt-Sigma (300); for UNets, the pipeline tokenizer's
-    ``model_max_length`` (prompts are padded to it: 77 for CLIP and LDMBert); else the family's
-    default in ``_TEXT_TOKENS``.
+    In order: the pipeline's own ``text_tokens`` attribute (the digits pipelines: one label
+    token); PixArt-Sigma (300); for UNets, the pipeline tokenizer's ``model_max_length`` (prompts
+    are padded to it: 77 for CLIP and LDMBert); else the family's default in ``_TEXT_TOKENS``.
     """
-    declared = getattr(type(pipe), "denoiser_text_tokens", None)
-    if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 1:
-        return declared
+    own = getattr(pipe, "text_tokens", None)
+    if isinstance(own, int) and not isinstance(own, bool) and own >= 1:
+        return own
     if type(pipe).__name__ == "PixArtSigmaPipeline":
         return 300
     family = type(unwrap(denoiser)).__name__

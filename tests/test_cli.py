@@ -252,9 +252,10 @@ def test_demo_default_is_the_trained_digits_grid(tmp_path, capsys, digits_unet, 
     assert "8x8 (training size), 4x4, 12x12, 16x16, 16x8; DDIM 1 steps, seed 0" in lines[1]
     assert "16x16 is 2x" in out and "entropy-attn eval --model digits-unet" in out
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["demo-digits-unet.png"]
-    # Progress: one bar over the denoiser calls (5 sizes x 2 methods x 1 step), to the end.
+    # Progress: one bar over the denoiser calls (5 sizes x 3 rows x 1 step), to the end.
     bars = [c for c in err.replace("\r", "\n").splitlines() if c.startswith("demo:")]
-    assert bars and "100%" in bars[-1] and "10/10" in bars[-1]
+    assert bars and "100%" in bars[-1] and "15/15" in bars[-1]
+    assert "re-dilation + scale (the combination of size fix and scale that measured best" in out
     # The very picture zoo.demo_grid draws (the progress hook leaves the outputs alone).
     torch.set_num_threads(1)  # as the command samples (unless OMP_NUM_THREADS is set)
     try:

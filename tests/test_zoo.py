@@ -217,3 +217,47 @@ def test_build_denoiser_is_seeded_and_leaves_the_global_rng():
     pairs = list(zip(first.state_dict().values(), second.state_dict().values(), strict=True))
     assert all(torch.equal(a, b) for a, b in pairs)
     assert not torch.equal(first.proj_out.weight, other.proj_out.weight)
+
+
+def test_flux_packing_and_ids_are_flux_pipelines():
+    from diffusers import FluxPipeline
+
+    from entropy_attn.zoo.models import flux_image_ids, pack, unpack
+
+    images = torch.randn(3, 1, 8, 12, generator=torch.Generator().manual_seed(0))
+    tokens = pack(images)
+    assert torch.equal(tokens, FluxPipeline._pack_latents(images, 3, 1, 8, 12))
+    assert torch.equal(unpack(tokens, 8, 12), FluxPipeline._unpack_latents(tokens, 8, 12, 1))
+    assert torch.equal(unpack(tokens, 8, 12), images)
+    want = FluxPipeline._prepare_latent_image_ids(3, 4, 6, "cpu", torch.float32)
+    assert torch.equal(flux_image_ids(4, 6), want)
+
+
+def test_digits_flux_counts_its_own_tokens():
+    pipe = zoo.load_pipeline("digits-flux")
+    rows = entropy_attn.layer_table(pipe, (16, 8))
+    assert {(r.n_tokens, r.train_tokens) for r in rows} == {(8 * 4 + 1, 16 + 1)}
+    with pytest.raises(ValueError, match="positions= is PixArt's"):
+        pipe([1], positions="extend")
+
+
+def test_demo_best_combination_is_the_best_measured_at_2x():
+    import csv
+    from pathlib import Path
+
+    from entropy_attn.zoo.demo import BEST
+    from entropy_attn.zoo.fixes import FIXES
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "zoo" / "fixes.csv"
+    cells = [row for row in csv.DictReader(path.open()) if row["size"] == "16x16"]
+    for model, (label, options) in BEST.items():
+        mine = [row for row in cells if row["model"] == model]
+        best = max(mine, key=lambda row: int(row["correct"]))
+        fix = next(
+            name
+            for name, opts in FIXES[model].items()
+            if opts == {k: v for k, v in options.items() if k != "scale"}
+        )
+        scale = options.get("scale", True)
+        chosen = next(r for r in mine if r["fix"] == fix and r["scale"] == str(scale))
+        assert int(chosen["correct"]) == int(best["correct"]), (model, label, best)

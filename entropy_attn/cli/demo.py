@@ -239,9 +239,10 @@ def run_digits(args: argparse.Namespace, spec: str) -> int:
         flush=True,
     )
     start = time.perf_counter()
+    image_rows = 3 if spec in zoo.demo.BEST else 2  # stock, entropy-attn[, the best fix]
     with (
         one_cpu_thread(device),
-        denoiser_progress(pipe, total=len(DIGITS_SIZES) * 2 * steps, desc="demo"),
+        denoiser_progress(pipe, total=len(DIGITS_SIZES) * image_rows * steps, desc="demo"),
     ):
         path = zoo.demo_grid(
             spec,
@@ -256,8 +257,15 @@ def run_digits(args: argparse.Namespace, spec: str) -> int:
     print(
         f"wrote {path} ({seconds:.1f} s)\n"
         "The picture: one column per size (8x8 is the training size, 16x16 is 2x), each a 2x5 "
-        "tile of the digits 0-9; rows: stock, entropy-attn (the same starting noise) and "
-        "|difference| on one colour scale (each panel's maximum below it). At 8x8 the digits "
+        "tile of the digits 0-9; rows: stock, entropy-attn (the same starting noise), "
+        + (
+            f"{zoo.demo.BEST[spec][0]} (the combination of size fix and scale that measured "
+            "best at 2x: docs/zoo/fixes.md), "
+            if spec in zoo.demo.BEST
+            else ""
+        )
+        + "and |entropy-attn - stock| on one colour scale (each panel's maximum below it). At "
+        "8x8 the digits "
         "are legible (with the default 10 steps) and entropy-attn changes nothing (N = T: the "
         "stock scale). Off the training size the model fails: at 2x the digits break into "
         "repeated strokes and blobs; the entropy-attn row and the |difference| panels show how "

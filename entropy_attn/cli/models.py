@@ -116,7 +116,8 @@ def _zoo_builder(name: str) -> Callable[[], Any]:
     return build
 
 
-for _name in ("digits-unet", "digits-dit"):  # entropy_attn.zoo.MODELS (imported lazily)
+# entropy_attn.zoo.MODELS (imported lazily)
+for _name in ("digits-unet", "digits-dit", "digits-flux"):
     register(
         ModelName(
             _name,

@@ -8,7 +8,9 @@
 Models (trained by :mod:`entropy_attn.zoo.train`, model cards in ``zoo/weights/<name>/README.md``):
 
 - ``digits-unet``: pixel-space class-conditional ``UNet2DConditionModel``, trained at 8x8;
-- ``digits-dit``: pixel-space class-conditional ``PixArtTransformer2DModel`` (patch 1), 8x8.
+- ``digits-dit``: pixel-space class-conditional ``PixArtTransformer2DModel`` (patch 1), 8x8;
+- ``digits-flux``: pixel-space class-conditional ``FluxTransformer2DModel`` (RoPE positions,
+  2x2 pixels per token as FLUX packs its latents, the label as the text token), 8x8.
 
 Tools: :func:`evaluate` (quality table, :mod:`entropy_attn.zoo.metrics`), :func:`demo_grid`
 (one PNG, stock vs entropy-attn at five sizes), :mod:`entropy_attn.zoo.attention` (entropy and
@@ -22,7 +24,7 @@ from pathlib import Path
 from .._extras import needs
 
 WEIGHTS = Path(__file__).parent / "weights"
-MODELS = ("digits-unet", "digits-dit")
+MODELS = ("digits-unet", "digits-dit", "digits-flux")
 
 
 class WeightsError(OSError):
@@ -114,9 +116,11 @@ def load_pipeline(name: str, device="cpu"):
     """
     import torch
 
-    from .models import DigitsDiTPipeline, DigitsUNetPipeline
+    from .models import DigitsDiTPipeline, DigitsFluxPipeline, DigitsUNetPipeline
 
-    cls = DigitsUNetPipeline if name == "digits-unet" else DigitsDiTPipeline
+    cls = {"digits-unet": DigitsUNetPipeline, "digits-flux": DigitsFluxPipeline}.get(
+        name, DigitsDiTPipeline
+    )
     folder = check_weights(name)
     try:
         pipe = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True)

@@ -65,6 +65,8 @@ class LogitVariance:
 
 def record(pipe, size, *, n: int = 20, steps: int = 10, seed: int = 0, positions="interpolate"):
     """``{method: [LayerEntropy]}`` and ``{layer: logit variance}`` for one size."""
+    from .models import own_positions
+
     height, width = size
     labels = torch.arange(n) % 10
     noise = torch.randn((n, 1, height, width), generator=torch.Generator().manual_seed(seed))
@@ -75,7 +77,7 @@ def record(pipe, size, *, n: int = 20, steps: int = 10, seed: int = 0, positions
         with analysis.recording(pipe, size, method=method, backend="torch") as rec:
             probe = LogitVariance(pipe.denoiser) if method == "stock" else None
             try:
-                pipe(labels, positions=positions, **kwargs)
+                pipe(labels, positions=own_positions(pipe, positions), **kwargs)
             finally:
                 if probe is not None:
                     probe.remove()

@@ -9,6 +9,12 @@ import torch
 from ..sizes import format_size
 
 DEFAULT_SIZES = ((8, 8), (4, 4), (12, 12), (16, 16), (8, 16))
+# The combination of size fix and scale with the highest accuracy at 2x in docs/zoo/fixes.csv
+# (python -m entropy_attn.zoo.fixes; tests/test_zoo.py checks this against the file):
+# label, entropy_attn.enable options.
+BEST = {
+    "digits-unet": ("re-dilation + scale", {"redilate": True}),
+}
 
 
 def demo_grid(
@@ -20,6 +26,7 @@ def demo_grid(
     steps: int = 10,
     positions: str = "interpolate",
     pipe=None,
+    best: bool = True,
 ) -> Path:
     """Write ``demo-<name>.png`` to ``out_dir`` and return its path.
 
@@ -27,8 +34,9 @@ def demo_grid(
     each a 2x5 tile of the digits 0-9. Rows: stock, entropy-attn (same noise per sample), and
     ``|difference|`` on one colour scale from 0 to the largest difference in the picture (each
     panel's maximum in its label; images span [-1, 1], so differences can reach 2). ``pipe``
-    overrides the loaded model (e.g. a DiT with ``positions="extend"``). Takes a few seconds on
-    2 CPU cores.
+    overrides the loaded model (e.g. a DiT with ``positions="extend"``). With ``best`` and a
+    model in :data:`BEST`, a third row shows the combination of size fix and scale that measured
+    best at 2x. Takes a few seconds on 2 CPU cores.
     """
     import matplotlib
 
@@ -38,12 +46,16 @@ def demo_grid(
     from .. import integration
     from . import load_pipeline
     from .metrics import _size
+    from .models import own_positions
 
     sizes = [_size(s) for s in sizes]
     pipe = load_pipeline(name) if pipe is None else pipe
     pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(10)
     rows = {"stock": [], "entropy-attn": []}
+    best_label, best_options = BEST.get(name, (None, None)) if best else (None, None)
+    if best_label is not None:
+        rows[best_label] = []
     for height, width in sizes:
         noise = torch.randn(
             (10, 1, height, width),
@@ -51,11 +63,13 @@ def demo_grid(
         )
         for method in rows:
             kwargs = dict(height=height, width=width, num_inference_steps=steps, latents=noise)
-            if method == "entropy-attn":
-                with integration.enabled(pipe):
-                    rows[method].append(pipe(labels, positions=positions, **kwargs))
-            else:
-                rows[method].append(pipe(labels, positions=positions, **kwargs))
+            kwargs["positions"] = own_positions(pipe, positions)
+            if method == "stock":
+                rows[method].append(pipe(labels, **kwargs))
+                continue
+            options = {} if method == "entropy-attn" else best_options
+            with integration.enabled(pipe, **options):
+                rows[method].append(pipe(labels, **kwargs))
 
     def tile(images):  # (10, 1, h, w) -> (2h+1, 5w+4) with 1-pixel gaps
         h, w = images.shape[-2:]
@@ -67,10 +81,11 @@ def demo_grid(
 
     train = pipe.train_size
     widths = [5 * w + 4 for _, w in sizes]
+    shown = [(method, method) for method in rows]
     fig, axes = plt.subplots(
-        3,
+        len(shown) + 1,
         len(sizes),
-        figsize=(2.2 * len(sizes) + 1, 5.2),
+        figsize=(2.2 * len(sizes) + 1, 1.75 * (len(shown) + 1) + 0.0),
         gridspec_kw={"width_ratios": widths},
         squeeze=False,
     )
@@ -82,11 +97,11 @@ def demo_grid(
         stock, ours = rows["stock"][col], rows["entropy-attn"][col]
         diff = (ours - stock).abs()
         tag = " (train)" if (height, width) == tuple(train) else ""
-        for row, (data, label) in enumerate(
-            ((stock, "stock"), (ours, "entropy-attn"), (diff, f"|difference|\n(0 to {top:.2f})"))
-        ):
+        panels = [(rows[method][col], label) for method, label in shown]
+        panels.append((diff, f"|entropy-attn - stock|\n(0 to {top:.2f})"))
+        for row, (data, label) in enumerate(panels):
             ax = axes[row, col]
-            if row < 2:
+            if row < len(shown):
                 ax.imshow(tile(data), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
             else:
                 ax.imshow(tile(data), cmap="magma", vmin=0, vmax=top, interpolation="nearest")
@@ -94,7 +109,7 @@ def demo_grid(
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"{format_size((height, width))}{tag}", fontsize=9)
-            if row == 2:
+            if row == len(shown):
                 ax.set_xlabel(f"max {diff.max().item():.2f}", fontsize=8)
             if col == 0:
                 ax.set_ylabel(label, fontsize=9)

@@ -192,6 +192,7 @@ def evaluate(
     """
     from .. import integration
     from . import load_pipeline
+    from .models import own_positions
 
     if isinstance(model, str):
         name = name or model
@@ -219,6 +220,7 @@ def evaluate(
             (n_per_cell, 1, height, width),
             generator=torch.Generator().manual_seed(seed * 1_000_003 + height * 1000 + width),
         )
+        own = own_positions(pipe, pos)
         outcomes = {}
         for method in ("stock", "entropy-attn"):
             enabled = method == "entropy-attn"
@@ -230,7 +232,7 @@ def evaluate(
                     width=width,
                     num_inference_steps=steps,
                     latents=noise,
-                    positions=pos,
+                    positions=own,
                 )
             predicted, features = classify(images)
             right = predicted == labels.numpy()
@@ -252,7 +254,9 @@ def evaluate(
                     height=height,
                     width=width,
                     method=method,
-                    positions=pos,
+                    # FLUX's own RoPE positions are not PixArt's interpolated ones: "stock".
+                    # (The UNet has none; its tables keep the tools' default label.)
+                    positions="stock" if hasattr(pipe, "transformer") and own is None else pos,
                     n=n_per_cell,
                     correct=int(right.sum()),
                     accuracy=float(right.mean()),

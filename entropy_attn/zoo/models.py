@@ -1,12 +1,13 @@
 """The zoo's model definitions and its pipeline.
 
-Both models are pixel-space (no VAE: ``vae_scale_factor = 1``), class-conditional diffusers
+All models are pixel-space (no VAE: ``vae_scale_factor = 1``), class-conditional diffusers
 denoisers. The class label reaches the model as ``encoder_hidden_states`` of shape
 ``(batch, 1, 10)``, a one-hot vector that the model's own text projection (the UNet's
-``encoder_hid_proj``, PixArt's ``caption_projection``) turns into one key/value token for
-cross-attention. So every weight lives in one diffusers model folder, and
-``entropy_attn.enable(pipe)`` sees an ordinary ``UNet2DConditionModel`` or
-``PixArtTransformer2DModel``.
+``encoder_hid_proj``, PixArt's ``caption_projection``, FLUX's ``context_embedder``) turns into one
+key/value token for cross-attention (FLUX: the text token of joint attention; FLUX also gets the
+one-hot as its pooled text embedding, as it gets CLIP's pooled output). So every weight lives in
+one diffusers model folder, and ``entropy_attn.enable(pipe)`` sees an ordinary
+``UNet2DConditionModel``, ``PixArtTransformer2DModel`` or ``FluxTransformer2DModel``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DiffusionPipeline,
+    FluxTransformer2DModel,
     PixArtTransformer2DModel,
     UNet2DConditionModel,
 )
@@ -64,16 +66,42 @@ def dit_config() -> dict:
     }
 
 
+def flux_config() -> dict:
+    """``digits-flux``: FLUX as FLUX.1 is fed, 2x2 pixel patches packed into one token (4
+    channels; 16 image tokens at 8x8) plus one text token; 2 double- and 4 single-stream blocks,
+    width 64, 2 heads of dim 32; RoPE over (unused, row, column) with 8, 12 and 12 of the head's
+    dims (FLUX.1's 16/56/56 split, scaled down), theta 10000."""
+    return {
+        "patch_size": 1,
+        "in_channels": 4,
+        "out_channels": 4,
+        "num_layers": 2,
+        "num_single_layers": 4,
+        "attention_head_dim": 32,
+        "num_attention_heads": 2,
+        "joint_attention_dim": NUM_CLASSES,
+        "pooled_projection_dim": NUM_CLASSES,
+        "guidance_embeds": False,
+        "axes_dims_rope": (8, 12, 12),
+    }
+
+
+KINDS = {
+    "unet": UNet2DConditionModel,
+    "dit": PixArtTransformer2DModel,
+    "flux": FluxTransformer2DModel,
+}
+
+
 def build_denoiser(kind: str, seed: int = 0, config: dict | None = None) -> torch.nn.Module:
-    """A freshly initialised ``"unet"`` or ``"dit"`` denoiser (seeded); ``config`` overrides
-    entries of :func:`unet_config` / :func:`dit_config` (design studies)."""
-    if kind not in ("unet", "dit"):
-        raise ValueError(f"kind must be 'unet' or 'dit', got {kind!r}")
+    """A freshly initialised ``"unet"``, ``"dit"`` or ``"flux"`` denoiser (seeded); ``config``
+    overrides entries of :func:`unet_config` / :func:`dit_config` / :func:`flux_config`."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    defaults = {"unet": unet_config, "dit": dit_config, "flux": flux_config}[kind]()
     with torch.random.fork_rng():  # seeded weights; the caller's global RNG is left as it was
         torch.manual_seed(seed)
-        if kind == "unet":
-            return UNet2DConditionModel(**(unet_config() | (config or {})))
-        return PixArtTransformer2DModel(**(dit_config() | (config or {})))
+        return KINDS[kind](**(defaults | (config or {})))
 
 
 def train_scheduler() -> DDPMScheduler:
@@ -93,11 +121,45 @@ def one_hot(labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels.long(), NUM_CLASSES).float()[:, None, :]
 
 
+def flux_image_ids(height: int, width: int) -> torch.Tensor:
+    """``(height * width, 3)`` RoPE ids of a ``height x width`` token grid, as FluxPipeline
+    builds them: (0, row, column), row-major."""
+    ids = torch.zeros(height, width, 3)
+    ids[..., 1] = torch.arange(height)[:, None]
+    ids[..., 2] = torch.arange(width)[None, :]
+    return ids.reshape(height * width, 3)
+
+
+def pack(images: torch.Tensor) -> torch.Tensor:
+    """``(b, c, h, w)`` -> ``(b, h/2 * w/2, 4c)`` tokens of 2x2 patches (FluxPipeline's layout)."""
+    b, c, h, w = images.shape
+    patches = images.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`pack`."""
+    b, _, channels = tokens.shape
+    patches = tokens.view(b, height // 2, width // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return patches.reshape(b, channels // 4, height, width)
+
+
 def run_denoiser(model, sample, timesteps, labels) -> torch.Tensor:
-    """Predicted noise for either model family."""
+    """Predicted noise for every model family (images ``(batch, 1, h, w)`` in and out)."""
     cond = one_hot(labels).to(sample)
     if isinstance(model, UNet2DConditionModel):
         return model(sample, timesteps, encoder_hidden_states=cond).sample
+    if isinstance(model, FluxTransformer2DModel):
+        height, width = sample.shape[-2:]
+        out = model(
+            pack(sample),
+            encoder_hidden_states=cond,
+            pooled_projections=cond[:, 0],
+            timestep=timesteps.to(sample.dtype) / 1000,  # FLUX multiplies by 1000 inside
+            img_ids=flux_image_ids(height // 2, width // 2).to(sample),
+            txt_ids=torch.zeros(1, 3).to(sample),
+        ).sample
+        return unpack(out, height, width)
     return model(
         sample,
         encoder_hidden_states=cond,
@@ -136,6 +198,15 @@ def extended_positions(transformer: PixArtTransformer2DModel) -> Iterator[None]:
             embed.forward = original
 
 
+def own_positions(pipe, positions: str | None) -> str | None:
+    """``positions`` for :class:`DigitsPipeline` calls made by the zoo's tools: PixArt's own
+    choice (``"interpolate"``, its default, or ``"extend"``) for the DiT; for the other models,
+    whose pipeline has no such choice, ``"interpolate"`` (the tools' default) becomes ``None``."""
+    if positions == "interpolate" and not isinstance(pipe.denoiser, PixArtTransformer2DModel):
+        return None
+    return positions
+
+
 class DigitsPipeline(DiffusionPipeline):
     """Class-conditional digit generation at any size.
 
@@ -148,8 +219,9 @@ class DigitsPipeline(DiffusionPipeline):
     vae_scale_factor = 1
     # The label is one (batch, 1, 10) token: cross-attention's T and N are 1 (the token probe
     # counts with this, so `layers` and the recording agree).
-    denoiser_text_tokens = 1
+    text_tokens = 1
     model_cpu_offload_seq = "denoiser"
+    default_sample_size = TRAIN_SIZE
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -157,7 +229,7 @@ class DigitsPipeline(DiffusionPipeline):
 
     @property
     def train_size(self) -> tuple[int, int]:
-        size = self.denoiser.config.sample_size
+        size = self.denoiser.config.get("sample_size") or self.default_sample_size
         return (size, size) if isinstance(size, int) else tuple(size)
 
     @torch.no_grad()
@@ -170,7 +242,7 @@ class DigitsPipeline(DiffusionPipeline):
         num_inference_steps: int = 20,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
-        positions: str = "interpolate",
+        positions: str | None = None,
         output_type: str = "pt",
         batch_size: int = 256,
     ):
@@ -182,14 +254,22 @@ class DigitsPipeline(DiffusionPipeline):
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ValueError(f"{name} must be an int >= 2, got {value!r}")
-        if hasattr(self, "transformer"):
+        if isinstance(self.denoiser, FluxTransformer2DModel):
+            if height % 2 or width % 2:
+                raise ValueError("height and width must be even (FLUX packs 2x2 patches)")
+        elif hasattr(self, "transformer"):
             patch = self.transformer.config.patch_size
             if height % patch or width % patch:
                 raise ValueError(f"height and width must be multiples of the patch size {patch}")
         elif height % 2 or width % 2:
             raise ValueError("height and width must be even (the UNet halves the image once)")
-        if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        if positions is not None and positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS} or None, got {positions!r}")
+        if isinstance(self.denoiser, FluxTransformer2DModel) and positions is not None:
+            raise ValueError(
+                "positions= is PixArt's (digits-dit); FLUX's RoPE positions are changed with "
+                "entropy_attn.enable(pipe, positions=...)"
+            )
         if positions == "extend" and not hasattr(self, "transformer"):
             raise ValueError("positions='extend' applies to the DiT only (the UNet has none)")
         if output_type not in ("pt", "np"):
@@ -228,6 +308,22 @@ class DigitsUNetPipeline(DigitsPipeline):
     def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+
+
+class DigitsFluxPipeline(DigitsPipeline):
+    """:class:`DigitsPipeline` around a ``FluxTransformer2DModel`` (RoPE positions 0, 1, ...
+    per axis, as FLUX's pipeline builds them: past the training size they extend)."""
+
+    model_cpu_offload_seq = "transformer"
+    # FluxTransformer2DModel's config has no sample_size: the training size, as FluxPipeline's
+    # default_sample_size gives it (in latent pixels, here pixels; 2x2 of them per token).
+    default_sample_size = TRAIN_SIZE
+    # The label token (DigitsPipeline.text_tokens): joint attention sees 1 text key (FLUX.1
+    # pipelines: 512).
+
+    def __init__(self, transformer: FluxTransformer2DModel, scheduler: DDIMScheduler) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler)
 
 
 class DigitsDiTPipeline(DigitsPipeline):

@@ -19,14 +19,17 @@ import torch
 from . import demo_grid, evaluate, load_pipeline, weights_folder
 from .attention import attention_study
 from .demo import DEFAULT_SIZES
-from .models import DigitsDiTPipeline, DigitsUNetPipeline, build_denoiser, sample_scheduler
+from .models import build_denoiser, sample_scheduler
+from .train import MODEL_KINDS, PIPELINES
 
 
 def random_init_pipeline(name: str, seed: int = 0):
     """The same architecture as ``name`` with freshly initialised (untrained) weights."""
-    if name == "digits-unet":
-        return DigitsUNetPipeline(unet=build_denoiser("unet", seed), scheduler=sample_scheduler())
-    return DigitsDiTPipeline(transformer=build_denoiser("dit", seed), scheduler=sample_scheduler())
+    kind = MODEL_KINDS[name]
+    component = "unet" if kind == "unet" else "transformer"
+    return PIPELINES[kind](
+        **{component: build_denoiser(kind, seed), "scheduler": sample_scheduler()}
+    )
 
 
 def _lr_schedule(log: dict) -> str:
@@ -53,6 +56,22 @@ def _stopped(log: dict) -> str:
     return ""
 
 
+def _flux_note(config: dict) -> list[str]:
+    if config["_class_name"] != "FluxTransformer2DModel":
+        return []
+    return [
+        "FLUX as FluxPipeline feeds it: 2x2 pixels packed into one token (16 image tokens at "
+        "8x8), RoPE ids (0, row, column) over "
+        f"{config['axes_dims_rope']} of the head's {config['attention_head_dim']} dims; the label "
+        "token is the text token of joint attention (text ids 0) and also the pooled text "
+        f"embedding; {config['num_layers']} double- and {config['num_single_layers']} "
+        f"single-stream blocks, {config['num_attention_heads']} heads. RoPE positions run 0, 1, "
+        "... past the training range at larger sizes; `entropy_attn.enable(pipe, positions=...)` "
+        "changes them (README, Position presets).",
+        "",
+    ]
+
+
 def write_model_card(name: str, docs: str | Path = "docs/zoo") -> Path:
     """``weights/<name>/README.md`` from ``train_log.json`` and the committed quality table."""
     folder = weights_folder(name)
@@ -70,6 +89,7 @@ def write_model_card(name: str, docs: str | Path = "docs/zoo") -> Path:
         "`encoder_hidden_states` token through the model's own text projection. Load it with "
         f'`entropy_attn.zoo.load_pipeline("{name}")` (offline, `from_pretrained` on this folder).',
         "",
+        *_flux_note(config),
         "## Recipe",
         "",
         f"- data: {log['data']}",
@@ -98,7 +118,7 @@ def write_model_card(name: str, docs: str | Path = "docs/zoo") -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, choices=["digits-unet", "digits-dit"])
+    parser.add_argument("--model", required=True, choices=sorted(MODEL_KINDS))
     parser.add_argument("--out", default="docs/zoo")
     parser.add_argument("--n", type=int, default=300, help="samples per quality cell")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps")

@@ -29,6 +29,7 @@ from .data import load_digits, to_model_range
 from .models import (
     TRAIN_SIZE,
     DigitsDiTPipeline,
+    DigitsFluxPipeline,
     DigitsUNetPipeline,
     build_denoiser,
     run_denoiser,
@@ -36,7 +37,8 @@ from .models import (
     train_scheduler,
 )
 
-MODEL_KINDS = {"digits-unet": "unet", "digits-dit": "dit"}
+MODEL_KINDS = {"digits-unet": "unet", "digits-dit": "dit", "digits-flux": "flux"}
+PIPELINES = {"unet": DigitsUNetPipeline, "dit": DigitsDiTPipeline, "flux": DigitsFluxPipeline}
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -65,7 +67,7 @@ def train(
     log_every: int = 50,
     progress: bool = True,
 ):
-    """Train ``"digits-unet"`` or ``"digits-dit"``; returns ``(pipeline, log)``.
+    """Train ``"digits-unet"``, ``"digits-dit"`` or ``"digits-flux"``; returns ``(pipeline, log)``.
 
     The pipeline holds the EMA weights in float32; with ``out`` it is also saved there in fp16
     together with ``train_log.json``. ``config`` overrides entries of the model's config (design
@@ -154,7 +156,7 @@ def _train(
         bar.close()
     seconds = time.monotonic() - start
     ema.eval()
-    pipe_cls = DigitsUNetPipeline if kind == "unet" else DigitsDiTPipeline
+    pipe_cls = PIPELINES[kind]
     component = "unet" if kind == "unet" else "transformer"
     pipe = pipe_cls(**{component: ema, "scheduler": sample_scheduler()})
     log = {
