@@ -314,7 +314,7 @@ def test_wan22_both_experts(monkeypatch):
     handle = entropy_attn.enable(pipe, text_tokens=TEXT, train_size=128, train_frames=5)
     assert [h.denoiser for h in handle.expert_handles] == [pipe.transformer_2]
     for model, handle_of in zip(experts, [handle, handle.expert_handles[0]], strict=True):
-        assert handle_of.rescaled_layers == ["blocks.0.attn1"]
+        assert handle_of.denoiser is model and handle_of.rescaled_layers == ["blocks.0.attn1"]
         assert handle_of.train_tokens == {"blocks.0.attn1": 128, "blocks.0.attn2": TEXT}
     for model, ref, ref_other in zip(experts, stock, expected, strict=True):
         assert torch.equal(run(model, "wan-t2v", VIDEO_TRAIN), ref)
@@ -436,3 +436,25 @@ def test_qwen_image_hand_count():
     assert {r.train_tokens for r in rows} == {4096 + 512}
     assert {r.n_tokens for r in rows} == {48 * 64 + 512}
     assert {(r.heads, r.head_dim) for r in rows} == {(24, 128)}
+
+
+@pytest.mark.parametrize(
+    "name,argv,first",
+    [
+        # Default size: the training size, where nothing changes.
+        ("hunyuanvideo", [], ("transformer_blocks.0.attn", "joint", 45 * 80 * 33 + 256, "no")),
+        # 720x1280, 121 frames against 480x832, 81 frames (the hand count above).
+        (
+            "wan2.1-t2v-1.3b",
+            ["--size", "1280x720", "--frames", "121"],
+            ("blocks.0.attn1", "self", 111600, "yes"),
+        ),
+    ],
+)
+def test_layers_command_on_shipped_video_configs(name, argv, first, capsys):
+    from entropy_attn import cli
+
+    assert cli.main(["layers", "--model", name, *argv, "--format", "csv"]) == 0
+    rows = [line.split(",") for line in capsys.readouterr().out.splitlines()]
+    row = next(r for r in rows[1:] if r[0] == first[0])
+    assert (row[0], row[1], int(row[4]), "yes" if row[7] == "True" else "no") == first
