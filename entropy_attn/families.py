@@ -135,6 +135,12 @@ def _flux_like(config, frames, height, width, text_tokens, make, axes):
     return inputs
 
 
+def _flux(config, frames, height, width, text_tokens, make):
+    inputs = _flux_like(config, frames, height, width, text_tokens, make, 3)
+    inputs["pooled_projections"] = make((1, config["pooled_projection_dim"]), "float")
+    return inputs
+
+
 def _flux2(config, frames, height, width, text_tokens, make):
     return _flux_like(config, frames, height, width, text_tokens, make, 4)
 
@@ -168,6 +174,8 @@ FAMILIES: dict[str, Family] = {
     "QwenImageTransformer2DModel": Family(
         _qwen_image, 512, (1024, 1024), pipeline="QwenImagePipeline"
     ),
+    # FLUX.1: FluxPipeline.default_sample_size 128 (1024 px), 512 T5 tokens (FLUX.1-dev).
+    "FluxTransformer2DModel": Family(_flux, 512, (1024, 1024), pipeline="FluxPipeline"),
     "Flux2Transformer2DModel": Family(_flux2, 512, (1024, 1024), pipeline="Flux2Pipeline"),
     "ZImageTransformer2DModel": Family(_z_image, 512, (1024, 1024), pipeline="ZImagePipeline"),
     "ChromaTransformer2DModel": Family(_chroma, 512, (1024, 1024), pipeline="ChromaPipeline"),

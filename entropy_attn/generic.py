@@ -146,6 +146,7 @@ class CallTokens:
     heads: int = 0
     head_dim: int = 0
     base_scale: float = 0.0  # the scale the stock call applies (its scale=, else 1/sqrt(d))
+    processor: str = ""  # class name of the stock processor that made the call
 
 
 class _Interceptor:
@@ -464,7 +465,8 @@ def _probe(cls_name: str, config_json: str, latent: tuple[int, int, int], text_t
     with torch.device("meta"):
         model = getattr(diffusers, cls_name).from_config(config)
     seen: dict[str, list] = {}
-    for name, module in attention_modules(model).items():
+    modules = {n: m for n, m in attention_modules(model).items() if calls_dispatcher(m.processor)}
+    for name, module in modules.items():
         if calls_dispatcher(module.processor):
             seen[name] = []
             module.processor = _Counting(module.processor, seen[name])
@@ -472,7 +474,8 @@ def _probe(cls_name: str, config_json: str, latent: tuple[int, int, int], text_t
     inputs = FAMILIES[cls_name].inputs(config, frames, height, width, text_tokens, meta_maker)
     with torch.no_grad():
         model(**inputs)
-    return {name: tuple(calls) for name, calls in seen.items() if calls}
+    classes = {name: type(m.processor.processor).__name__ for name, m in modules.items()}
+    return {name: (classes[name], tuple(calls)) for name, calls in seen.items() if calls}
 
 
 def probe_calls(
@@ -511,16 +514,18 @@ def probe_calls(
     except RuntimeError:  # a fixed text length (CogVideoX's sin-cos positions): see below
         wordier = None
     result = {}
-    for name, calls in here.items():
+    for name, (processor, calls) in here.items():
         kinds = []
         for index, (query_tokens, key_tokens, heads, head_dim, base) in enumerate(calls):
-            image = taller[name][index][1] != key_tokens
+            image = taller[name][1][index][1] != key_tokens
             if wordier is not None:
-                text = wordier[name][index][1] != key_tokens
+                text = wordier[name][1][index][1] != key_tokens
             else:  # doubling the height doubles the image keys: the rest are other tokens
-                text = 2 * key_tokens > taller[name][index][1]
+                text = 2 * key_tokens > taller[name][1][index][1]
             kind = ("joint" if text else "self") if image else "cross"
-            kinds.append(CallTokens(query_tokens, key_tokens, kind, heads, head_dim, base))
+            kinds.append(
+                CallTokens(query_tokens, key_tokens, kind, heads, head_dim, base, processor)
+            )
         result[name] = tuple(kinds)
     return result
 

@@ -396,9 +396,13 @@ def _generic_plan(
         text_tokens=text_tokens,
         train_tokens=train_tokens,
         rescale={name: any(on) for name, on in rescale_calls.items()},
+        # Only the processor class the probe ran (a user's processor, e.g. an IP-Adapter's, may
+        # attend more often than the counted calls): other processors are kept or refused.
         replace={
-            name: calls_dispatcher(processors[name]) and not excluded(name, modules[name])
-            for name in calls
+            name: type(processors[name]).__name__ == layer_calls[0].processor
+            and calls_dispatcher(processors[name])
+            and not excluded(name, modules[name])
+            for name, layer_calls in calls.items()
         },
         unreached=unreached,
         calls=calls,
