@@ -458,3 +458,22 @@ def test_layers_command_on_shipped_video_configs(name, argv, first, capsys):
     rows = [line.split(",") for line in capsys.readouterr().out.splitlines()]
     row = next(r for r in rows[1:] if r[0] == first[0])
     assert (row[0], row[1], int(row[4]), "yes" if row[7] == "True" else "no") == first
+
+
+def test_torch_compile_equals_eager_and_pickles():
+    import copy
+    import pickle
+
+    model = build("wan-t2v")
+    family = FAMILIES["WanTransformer3DModel"]
+    inputs = family.inputs(dict(model.config), *VIDEO_OTHER, TEXT, maker(0))
+    with torch.no_grad(), entropy_attn.enabled(model, **train_options(model, "wan-t2v")):
+        eager = model(**inputs, return_dict=False)[0]
+        compiled = torch.compile(model)(**inputs, return_dict=False)[0]
+        copied = copy.deepcopy(model)(**inputs, return_dict=False)[0]
+        processor = model.blocks[0].attn1.processor
+        restored = pickle.loads(pickle.dumps(processor))
+    assert_close(compiled, eager, atol=1e-5, rtol=1e-5, what="torch.compile vs eager")
+    assert torch.equal(copied, eager)
+    assert type(restored) is type(processor) and restored.calls == processor.calls
+    assert type(restored.stock) is type(processor.stock)
