@@ -681,7 +681,8 @@ def enable(
             takes no scale, and any layer while entropy is recorded, runs entropy-attn's op.
         text_tokens: text sequence length assumed when counting tokens at the training size;
             default per model family: 77 for UNets (CLIP, LDMBert), 333 for SD3 (77 CLIP + 256
-            T5), 512 for FLUX, 120 for PixArt-alpha and 300 for PixArt-Sigma. It matters for
+            T5), 512 for FLUX, 120 for PixArt-alpha and 300 for PixArt-Sigma, and for the
+            generic path's families their entry in ``entropy_attn.families``. It matters for
             joint attention, where text tokens are keys too.
         train_frames: video models (Wan, HunyuanVideo, LTX-Video, CogVideoX): the frame count
             of the training size; default per family (``entropy_attn.families``: Wan 81,

@@ -477,3 +477,35 @@ def test_torch_compile_equals_eager_and_pickles():
     assert torch.equal(copied, eager)
     assert type(restored) is type(processor) and restored.calls == processor.calls
     assert type(restored.stock) is type(processor.stock)
+
+
+def test_a_users_processor_is_refused_when_selected_and_kept_when_excluded():
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    class UsersProcessor(WanAttnProcessor):  # same code, but not the class the probe counted
+        pass
+
+    model = build("wan-t2v")
+    mine = UsersProcessor()
+    model.blocks[0].attn1.set_processor(mine)
+    before = stock_state(model)
+    with pytest.raises(ValueError, match="exclude="):
+        entropy_attn.enable(model, **train_options(model, "wan-t2v"))
+    assert stock_state(model) == before
+    options = dict(train_options(model, "wan-t2v"), exclude=["blocks.0.attn1"])
+    with entropy_attn.enabled(model, **options) as handle:
+        assert model.blocks[0].attn1.processor is mine
+        assert list(handle.installed) == ["blocks.0.attn2"] and not handle.rescaled_layers
+    assert stock_state(model) == before
+
+
+def test_layers_all_rescales_cross_attention_with_its_own_T():
+    model = build("wan-i2v")
+    options = dict(train_options(model, "wan-i2v"), layers="all", record_entropy=True)
+    with entropy_attn.enabled(model, **options) as handle:
+        assert sorted(handle.rescaled_layers) == ["blocks.0.attn1", "blocks.0.attn2"]
+        run(model, "wan-i2v", VIDEO_OTHER)
+        rows = {row["n_tokens"]: row for row in handle.entropy_rows()}
+    # The image and text keys do not change with the video size: N == T, the scale stays.
+    assert {n: rows[n]["train_tokens"] for n in (257, 512)} == {257: 257, 512: 512}
+    assert rows[72]["scale"] == pytest.approx(entropy_attn.log_scale(72, 128, 12), rel=1e-12)
