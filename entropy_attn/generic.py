@@ -25,8 +25,9 @@ the height and with more text tokens. A call whose keys grow with the image has 
 among its keys: ``"self"``, or ``"joint"`` when its keys also grow with the text (SD3/FLUX-style
 joint attention, CogVideoX, Qwen-Image, HunyuanVideo); the paper's rule rescales these. A call
 whose keys do not grow with the image attends to text or image-encoder tokens (``"cross"``: Wan's
-text and I2V image cross-attention, LTX-Video's and HunyuanVideo's text refiner, Z-Image's
-caption refiner) and keeps its scale.
+text and I2V image cross-attention, LTX-Video's text cross-attention, HunyuanVideo's text
+refiner, Z-Image's caption refiner) and keeps its scale. Under ``torch.compile`` each wrapped
+layer runs eagerly (a graph break per layer; see :meth:`EntropyDispatchProcessor.__call__`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import functools
 import inspect
 import itertools
 import json
-import math
 import sys
 import threading
 import types
@@ -258,6 +258,15 @@ class _Call:
         )  # fmt: skip
 
     @property
+    def sdpa_mask(self) -> torch.Tensor | None:
+        """The mask in SDPA's ``(batch, heads, seq_q, seq_k)`` broadcast form: the dispatcher's
+        ``(batch, seq_k)`` masks are widened as its native backend does."""
+        mask = self.attn_mask
+        if mask is not None and self.layout == "BLHD" and mask.ndim == 2:
+            return mask[:, None, None, :]
+        return mask
+
+    @property
     def plain(self) -> bool:
         """Whether entropy-attn's op computes this call: no mask, dropout, causal mask or grouped
         queries, nothing extra for the backend, one dtype."""
@@ -397,8 +406,7 @@ class EntropyDispatchProcessor(_EntropyAttnBase):
         if not call.plain:  # recorded, masked (or the like): stock call, entropy on the side
             out = call.stock(call_scale)
             with torch.no_grad():
-                mask = call.attn_mask if call.layout == "BHLD" else None
-                entropy = attention_entropy(query, key, call_scale, attn_mask=mask)
+                entropy = attention_entropy(query, key, call_scale, attn_mask=call.sdpa_mask)
         else:
             fused = record and not _needs_grad(query, key)
             sdpa_scale = None if call_scale is None or call_scale == query.shape[-1] ** -0.5 else (
@@ -577,11 +585,6 @@ def probe_calls(
             )
         result[name] = tuple(kinds)
     return result
-
-
-def log_ratio(n_tokens: int, train_tokens: int) -> float:
-    """``ln N / ln T`` (the square of the factor on the base scale)."""
-    return math.log(n_tokens) / math.log(train_tokens)
 
 
 __all__ = [

@@ -509,3 +509,40 @@ def test_layers_all_rescales_cross_attention_with_its_own_T():
     # The image and text keys do not change with the video size: N == T, the scale stays.
     assert {n: rows[n]["train_tokens"] for n in (257, 512)} == {257: 257, 512: 512}
     assert rows[72]["scale"] == pytest.approx(entropy_attn.log_scale(72, 128, 12), rel=1e-12)
+
+
+def test_recorded_entropy_of_a_masked_call_uses_the_mask(monkeypatch):
+    # HunyuanVideo's joint attention passes the text padding mask to the dispatcher: recorded
+    # entropy must count only the keys the mask lets through (here 3 of 8 text tokens are pads).
+    from entropy_attn.reference import attention_entropy
+
+    model = build("hunyuan-video")
+    family = FAMILIES[type(model).__name__]
+    inputs = family.inputs(dict(model.config), *VIDEO_OTHER, TEXT, maker(0))
+    inputs["encoder_attention_mask"][:, -3:] = 0
+    # The oracle: the stock model with SDPA at the expected scale, entropy of each joint call
+    # from its own query, key and mask.
+    sdpa = F.scaled_dot_product_attention
+    oracle = []
+
+    def scaled(query, key, value, attn_mask=None, *args, scale=None, **kwargs):
+        n, d = key.shape[-2], key.shape[-1]
+        if n == 296:
+            scale = entropy_attn.log_scale(n, 520, d)
+            masked = attention_entropy(query, key, scale, attn_mask=attn_mask).mean().item()
+            unmasked = attention_entropy(query, key, scale).mean().item()
+            oracle.append((masked, unmasked))
+        return sdpa(query, key, value, attn_mask, *args, scale=scale, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", scaled)
+    with torch.no_grad():
+        model(**inputs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    options = dict(train_options(model, "hunyuan-video"), record_entropy=True)
+    with torch.no_grad(), entropy_attn.enabled(model, **options) as handle:
+        model(**inputs)
+        rows = [r for r in handle.entropy_rows() if r["kind"] == "joint"]
+    assert len(rows) == len(oracle) == 2 and {r["n_tokens"] for r in rows} == {296}
+    for row, (masked, unmasked) in zip(rows, oracle, strict=True):
+        assert abs(masked - unmasked) > 1e-3  # the mask matters here
+        assert row["entropy"] == pytest.approx(masked, abs=1e-4)
