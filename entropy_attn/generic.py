@@ -21,8 +21,8 @@ that returns the log-sum-exp can be plugged in later.
 
 ``T`` and the kind of each call come from :func:`probe_calls`: the same interceptor, counting,
 on a copy of the denoiser built on the meta device and run at the training size, then at twice
-the height and with more text tokens. A call whose keys grow with the image has image tokens
-among its keys: ``"self"``, or ``"joint"`` when its keys also grow with the text (SD3/FLUX-style
+the height. A call whose keys grow with the image has image tokens among its keys: ``"self"``,
+or ``"joint"`` when it has keys beyond them, text tokens as a rule (SD3/FLUX-style
 joint attention, CogVideoX, Qwen-Image, HunyuanVideo); the paper's rule rescales these. A call
 whose keys do not grow with the image attends to text or image-encoder tokens (``"cross"``: Wan's
 text and I2V image cross-attention, LTX-Video's text cross-attention, HunyuanVideo's text
@@ -511,32 +511,49 @@ class _Counting:
         return self.function(self.processor, attn, *args, **kwargs)
 
 
-@functools.lru_cache(maxsize=256)
-def _probe(cls_name: str, config_json: str, latent: tuple[int, int, int], text_tokens: int):
+_PROBE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _meta_model(cls_name: str, config_json: str):
+    """The denoiser built once on the meta device, its dispatcher-calling layers counting."""
     import diffusers
 
-    from .families import FAMILIES, meta_maker
     from .probe import attention_modules
 
-    config = json.loads(config_json)
     with torch.device("meta"):
-        model = getattr(diffusers, cls_name).from_config(config)
-    seen: dict[str, list] = {}
-    modules = {n: m for n, m in attention_modules(model).items() if calls_dispatcher(m.processor)}
-    for name, module in modules.items():
+        model = getattr(diffusers, cls_name).from_config(json.loads(config_json))
+    counters = {}
+    for name, module in attention_modules(model).items():
         if calls_dispatcher(module.processor):
-            seen[name] = []
-            module.processor = _Counting(module.processor, seen[name])
+            counters[name] = module.processor = _Counting(module.processor, [])
+    return model, counters
+
+
+@functools.lru_cache(maxsize=256)
+def _probe(cls_name: str, config_json: str, latent: tuple[int, int, int], text_tokens: int):
+    from .families import FAMILIES, meta_maker
+
     frames, height, width = latent
-    inputs = FAMILIES[cls_name].inputs(config, frames, height, width, text_tokens, meta_maker)
-    with torch.no_grad():
-        model(**inputs)
-    classes = {name: type(m.processor.processor).__name__ for name, m in modules.items()}
-    return {name: (classes[name], tuple(calls)) for name, calls in seen.items() if calls}
+    inputs = FAMILIES[cls_name].inputs(
+        json.loads(config_json), frames, height, width, text_tokens, meta_maker
+    )
+    with _PROBE_LOCK:
+        model, counters = _meta_model(cls_name, config_json)
+        for counter in counters.values():
+            counter.seen = []
+        with torch.no_grad():
+            model(**inputs)
+        seen = {name: (type(c.processor).__name__, tuple(c.seen)) for name, c in counters.items()}
+    return {name: calls for name, calls in seen.items() if calls[1]}
 
 
 def probe_calls(
-    denoiser: torch.nn.Module, latent: tuple[int, int, int], *, text_tokens: int
+    denoiser: torch.nn.Module,
+    latent: tuple[int, int, int],
+    *,
+    text_tokens: int,
+    classify: bool = True,
 ) -> dict[str, tuple[CallTokens, ...]]:
     """The attention calls of each layer that calls the dispatcher, at a latent size.
 
@@ -545,11 +562,12 @@ def probe_calls(
             config is used.
         latent: ``(frames, height, width)`` of the latent (``frames`` 1 for image models).
         text_tokens: text tokens fed to the denoiser.
+        classify: find each call's kind (two more meta runs); ``False`` leaves it ``""``.
 
     Returns:
         qualified layer name -> its calls in order, each with query and key tokens and its kind
-        (from two more probes: twice the height, and 64 more text tokens; a model that takes
-        one text length only is judged from the first: keys beyond twice the image's).
+        (from a second probe at twice the height: keys that grow are image tokens, "self";
+        with keys beyond the image's, "joint"; keys that do not grow, "cross").
     """
     from .probe import unwrap
 
@@ -560,25 +578,26 @@ def probe_calls(
     key = (type(model).__name__, json.dumps(dict(model.config), sort_keys=True, default=str))
     try:
         here = _probe(*key, (frames, height, width), int(text_tokens))
+        if not classify:
+            return {
+                name: tuple(CallTokens(q, k, "", h, d, b, processor) for q, k, h, d, b in calls)
+                for name, (processor, calls) in here.items()
+            }
         taller = _probe(*key, (frames, 2 * height, width), int(text_tokens))
     except RuntimeError as error:
         raise ValueError(
             f"a {frames}x{height}x{width} latent (frames x height x width) cannot run through "
             f"{type(model).__name__} ({error}); choose a size its patching takes"
         ) from None
-    try:
-        wordier = _probe(*key, (frames, height, width), int(text_tokens) + 64)
-    except RuntimeError:  # a fixed text length (CogVideoX's sin-cos positions): see below
-        wordier = None
     result = {}
     for name, (processor, calls) in here.items():
         kinds = []
         for index, (query_tokens, key_tokens, heads, head_dim, base) in enumerate(calls):
-            image = taller[name][1][index][1] != key_tokens
-            if wordier is not None:
-                text = wordier[name][1][index][1] != key_tokens
-            else:  # doubling the height doubles the image keys: the rest are other tokens
-                text = 2 * key_tokens > taller[name][1][index][1]
+            taller_keys = taller[name][1][index][1]
+            image = taller_keys != key_tokens
+            # Doubling the height doubles the image keys: keys beyond them are text (or other)
+            # tokens attending together with the image.
+            text = 2 * key_tokens > taller_keys
             kind = ("joint" if text else "self") if image else "cross"
             kinds.append(
                 CallTokens(query_tokens, key_tokens, kind, heads, head_dim, base, processor)

@@ -926,7 +926,7 @@ def _generic_layer_table(plan: _Plan, size, frames, train_frames) -> list[LayerI
     if frames is None:
         frames = train_frames
     latent = _generic_latent(family, plan.factor, size, frames, "size")
-    now = probe_calls(model, latent, text_tokens=plan.text_tokens)
+    now = probe_calls(model, latent, text_tokens=plan.text_tokens, classify=False)
     rows = []
     for name, calls in plan.calls.items():
         for index, call in enumerate(calls):
