@@ -11,10 +11,11 @@ embeddings, masks, output projections) and replaces its attention call by
   ``SlicedAttnProcessor`` (same ``baddbmm``/``softmax`` math, same slices);
 - :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` and
   ``FusedJointAttnProcessor2_0`` (SD3: joint attention over image and text tokens);
-- :class:`EntropyFluxAttnProcessor` for ``FluxAttnProcessor`` (FLUX: joint and single-stream
-  blocks with rotary embeddings);
 - :class:`EntropyPAGProcessor` for PAG's ``PAG(CFG)IdentitySelfAttnProcessor2_0`` (perturbed-
   attention guidance: the guided chunks through the layer's processor above).
+
+FLUX and every other transformer whose processors call diffusers' attention dispatcher go through
+the generic path instead (:mod:`entropy_attn.generic`), which runs the stock processor's own code.
 
 The scale of a rescaled layer is ``base_scale * sqrt(ln N / ln T)`` with ``N`` the keys of the
 call and ``T`` the keys of the same layer at the training size; ``base_scale`` is the layer's own
@@ -22,7 +23,7 @@ call and ``T`` the keys of the same layer at the training size; ``base_scale`` i
 
 Off the fused kernel (CPU, MPS, masked calls) a layer whose scale is unchanged (``N == T``, or a
 layer not selected) gives the same bits as the processor it replaced, for ``AttnProcessor2_0``,
-``AttnProcessor``, ``SlicedAttnProcessor``, ``JointAttnProcessor2_0`` and ``FluxAttnProcessor``.
+``AttnProcessor``, ``SlicedAttnProcessor`` and ``JointAttnProcessor2_0``.
 ``FusedAttnProcessor2_0`` and ``FusedJointAttnProcessor2_0`` (one fused QKV projection;
 entropy-attn uses the unfused ones, which diffusers keeps), ``XFormersAttnProcessor`` and
 ``AttnProcessorNPU`` (their own kernels) agree only to rounding. The fused kernel (CUDA) agrees
@@ -594,69 +595,6 @@ class EntropyJointAttnProcessor(_EntropyAttnBase):
         return hidden_states
 
 
-class EntropyFluxAttnProcessor(_EntropyAttnBase):
-    """diffusers' ``FluxAttnProcessor`` with the entropy-preserving scale.
-
-    Double-stream blocks attend over text + image tokens, single-stream blocks over the same
-    concatenation: ``N`` is 512 + 4096 for FLUX at 1024 px with its default 512 text tokens.
-    Rotary embeddings and QK RMS norms are applied exactly as in the stock processor.
-
-    Under diffusers' context parallelism (``enable_parallelism``, before or after ``enable``)
-    ``N`` counts the keys of every rank: see :meth:`_attend_parallel`.
-    """
-
-    # As the stock processor: enable_parallelism gives its ParallelConfig to every processor
-    # that has this attribute.
-    _parallel_config = None
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: torch.Tensor | None = None,
-    ):
-        from diffusers.models.embeddings import apply_rotary_emb
-        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
-
-        query, key, value, context_query, context_key, context_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
-        )
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-        if attn.added_kv_proj_dim is not None:
-            context_query = attn.norm_added_q(context_query.unflatten(-1, (-1, attn.head_dim)))
-            context_key = attn.norm_added_k(context_key.unflatten(-1, (-1, attn.head_dim)))
-            context_value = context_value.unflatten(-1, (-1, attn.head_dim))
-            query = torch.cat([context_query, query], dim=1)
-            key = torch.cat([context_key, key], dim=1)
-            value = torch.cat([context_value, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        # (B, L, H, D) -> (B, H, L, D) views; the output comes back in query's layout.
-        out = self.attend(
-            attn, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask
-        )
-        hidden_states = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
-        if encoder_hidden_states is not None:
-            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-                [
-                    encoder_hidden_states.shape[1],
-                    hidden_states.shape[1] - encoder_hidden_states.shape[1],
-                ],
-                dim=1,
-            )
-            hidden_states = attn.to_out[0](hidden_states.contiguous())
-            hidden_states = attn.to_out[1](hidden_states)
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
-            return hidden_states, encoder_hidden_states
-        return hidden_states
-
-
 def _identity_attention(attn, hidden_states, temb):
     """PAG's perturbed path, as diffusers' ``PAG*IdentitySelfAttnProcessor2_0`` computes it:
     the attention map replaced by the identity, i.e. the value projection of each token."""
@@ -725,8 +663,6 @@ REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
     "XFormersAttnProcessor": EntropyAttnProcessor,
     "JointAttnProcessor2_0": EntropyJointAttnProcessor,
     "FusedJointAttnProcessor2_0": EntropyJointAttnProcessor,
-    "FluxAttnProcessor": EntropyFluxAttnProcessor,
-    "FluxAttnProcessor2_0": EntropyFluxAttnProcessor,
 }
 
 
@@ -742,7 +678,6 @@ __all__ = [
     "REPLACEMENTS",
     "EntropyAttnProcessor",
     "EntropyClassicAttnProcessor",
-    "EntropyFluxAttnProcessor",
     "EntropyJointAttnProcessor",
     "EntropyPAGProcessor",
     "base_scale_of",
