@@ -16,8 +16,11 @@ the same model) keep calling the real dispatcher. The interceptor
    calls the op does not take (masks, dropout, causal, grouped queries), the stock function with
    ``scale=``; records the entropy when asked.
 
-The two steps are separate so that a global ``N`` (context parallelism) and an attention call
-that returns the log-sum-exp can be plugged in later.
+A call that carries diffusers' context-parallel config (``enable_parallelism`` with Ulysses or
+ring, before or after ``enable``) takes the scale of the global ``N`` (every rank's keys) and
+attends over every rank's keys (:meth:`EntropyDispatchProcessor.attend_parallel`); recorded
+entropy is averaged over the ranks, for the calls a model makes without the config too (Wan's
+cross-attention, whose queries are still split).
 
 ``T`` and the kind of each call come from :func:`probe_calls`: the same interceptor, counting,
 on a copy of the denoiser built on the meta device and run at the training size, then at twice
@@ -44,9 +47,18 @@ from dataclasses import dataclass
 import torch
 
 from .ops import dispatch
+from .parallel import (
+    check_parallel_config,
+    context_parallel_attention,
+    context_parallel_config,
+    cp_degree,
+    cp_mean,
+    global_key_tokens,
+)
 from .processors import (
     _EntropyAttnBase,
     _needs_grad,
+    check_context_parallel_backend,
     layer_scale,
     op_backend,
     takes_scale,
@@ -267,9 +279,14 @@ class _Call:
         return mask
 
     @property
-    def plain(self) -> bool:
-        """Whether entropy-attn's op computes this call: no mask, dropout, causal mask or grouped
-        queries, nothing extra for the backend, one dtype."""
+    def parallel_config(self):
+        """diffusers' ``ParallelConfig`` passed with the call (``None``: none passed)."""
+        return (self.extra or {}).get("parallel_config")
+
+    @property
+    def unmasked(self) -> bool:
+        """No mask, dropout, causal mask or grouped queries, nothing extra for the backend, one
+        dtype: what entropy-attn's op (and its context-parallel form) computes."""
         extra = self.extra or {}
         return (
             self.attn_mask is None
@@ -277,11 +294,16 @@ class _Call:
             and not self.is_causal
             and not self.enable_gqa
             and not extra.get("attention_kwargs")
-            and extra.get("parallel_config") is None
             and self.query.dtype == self.key.dtype == self.value.dtype
             and self.query.shape[-2 if self.layout == "BLHD" else 1]
             == self.key.shape[-2 if self.layout == "BLHD" else 1]
         )
+
+    @property
+    def plain(self) -> bool:
+        """Whether entropy-attn's op computes this call on this process alone: :attr:`unmasked`
+        and no ``parallel_config`` passed."""
+        return self.unmasked and self.parallel_config is None
 
 
 class _CallCounter(threading.local):
@@ -375,6 +397,19 @@ class EntropyDispatchProcessor(_EntropyAttnBase):
         finally:
             counter.index = outer
 
+    # diffusers' enable_parallelism gives its ParallelConfig to every processor that has this
+    # attribute, and the stock code reads it off the stock processor (``self`` in its __call__,
+    # which passes it to the dispatcher): the wrapper's is the stock processor's, read and written
+    # through, whichever comes first, enable or enable_parallelism. A stock processor without the
+    # attribute gives none (AttributeError), as diffusers expects.
+    @property
+    def _parallel_config(self):
+        return self.stock._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, config) -> None:
+        self.stock._parallel_config = config
+
     def __getattr__(self, name):
         # Attributes the model reads off its processor (e.g. a processor's own options) are the
         # stock processor's.
@@ -419,21 +454,73 @@ class EntropyDispatchProcessor(_EntropyAttnBase):
                     entropy = attention_entropy(query, key, sdpa_scale)
             out = out.transpose(1, 2) if call.layout == "BLHD" else out
         if record:
-            self.recorder.add(
-                entropy,
-                layer=self.name,
-                kind=self.calls[index].kind,
-                heads=query.shape[1],
-                head_dim=query.shape[-1],
-                query_tokens=query.shape[2],
-                n_tokens=key.shape[2],
-                train_tokens=self.calls[index].key_tokens,
-                scale=scale,
+            # Under context parallelism a call made without the parallel config (Wan's
+            # cross-attention) still holds this rank's shard of the queries: the mean over every
+            # rank's rows is what a single process records.
+            config = getattr(self, "_parallel_config", None)
+            ranks = cp_degree(config)
+            entropy = (
+                entropy if context_parallel_config(config) is None else cp_mean(entropy, config)
             )
+            self._record(index, entropy, query, query.shape[2] * ranks, key.shape[2], scale)
         return out
+
+    def _record(self, index: int, entropy, query, query_tokens: int, n_tokens: int, scale: float):
+        self.recorder.add(
+            entropy,
+            layer=self.name,
+            kind=self.calls[index].kind,
+            heads=query.shape[1],
+            head_dim=query.shape[-1],
+            query_tokens=query_tokens,
+            n_tokens=n_tokens,
+            train_tokens=self.calls[index].key_tokens,
+            scale=scale,
+        )
+
+    def attend_parallel(self, call: _Call, index: int):
+        """A call made with diffusers' context-parallel config: this rank holds a shard of the
+        tokens. ``N`` counts every rank's keys (:func:`~entropy_attn.parallel.global_key_tokens`),
+        and the attention runs over all of them: through the user's diffusers backend with
+        ``scale=`` (diffusers' own Ulysses/ring for it), else entropy-attn's op inside diffusers'
+        templates (:func:`~entropy_attn.parallel.context_parallel_attention`). A recorded entropy
+        is the mean over every rank's rows (:func:`~entropy_attn.parallel.cp_mean`): the value a
+        single process records."""
+        config = call.parallel_config
+        check_parallel_config(config, where=f"layer {self.name!r}")
+        n_tokens = global_key_tokens(call.key_tokens, config)
+        scale = self.call_scale(index, n_tokens, call.base_scale)
+        call_scale = call.scale if scale == call.base_scale else scale
+        record = self.recorder is not None
+        backend = self._attention_backend
+        if not record and backend is not None and takes_scale(backend, call_scale):
+            check_context_parallel_backend(backend, self.name)
+            return call.stock(call_scale, backend=backend)
+        if not call.unmasked:
+            if record:
+                raise ValueError(
+                    f"layer {self.name!r}: recording entropy under context parallelism supports "
+                    "unmasked, non-causal attention without dropout or grouped queries"
+                )
+            return call.stock(call_scale)  # diffusers' own Ulysses/ring, with the scale
+        query, key, value = (call.heads_first(t) for t in (call.query, call.key, call.value))
+        sdpa_scale = None if call_scale is None or call_scale == query.shape[-1] ** -0.5 else (
+            call_scale
+        )  # fmt: skip
+        out = context_parallel_attention(
+            query, key, value, sdpa_scale, config,
+            backend=op_backend(self.backend, record), return_entropy=record,
+        )  # fmt: skip
+        if record:
+            out, entropy = out
+            query_tokens = query.shape[2] * cp_degree(config)
+            self._record(index, cp_mean(entropy, config), query, query_tokens, n_tokens, scale)
+        return out.transpose(1, 2) if call.layout == "BLHD" else out
 
     def _on_call(self, call: _Call):
         if len(self.calls) == 1:  # the usual case: no counting (nothing for torch.compile)
+            if context_parallel_config(call.parallel_config) is not None:
+                return self.attend_parallel(call, 0)
             return self.attend(call, self.call_scale(0, call.key_tokens, call.base_scale), 0)
         counter = self._counter
         index = counter.index if counter.index is not None else 0
@@ -445,6 +532,8 @@ class EntropyDispatchProcessor(_EntropyAttnBase):
                 "(different inputs, e.g. image embeddings given or left out?); enable again with "
                 "the inputs the layer gets"
             )
+        if context_parallel_config(call.parallel_config) is not None:
+            return self.attend_parallel(call, index)
         scale = self.call_scale(index, call.key_tokens, call.base_scale)
         return self.attend(call, scale, index)
 

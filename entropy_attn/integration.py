@@ -36,7 +36,6 @@ from .processors import (
     _EntropyAttnBase,
     backend_accepts_scale,
     base_scale_of,
-    carry_parallel_config,
     check_backend,
     head_dim_of,
     kind_of,
@@ -683,11 +682,10 @@ class EntropyAttnHandle:
                 originals[f"{name}.processor"] = self.previous[name]
             module = self._modules[name]
             if module.processor is mine:
-                # A processor put back under context parallelism gets the config diffusers gave
-                # ours (enable_parallelism after enable never reached it).
-                restored = self._fused.pop(name, self.previous[name])
-                carry_parallel_config(mine, restored)
-                module.set_processor(restored)
+                # Under context parallelism the stock processor put back already holds diffusers'
+                # config: a generic-path processor's is its stock processor's (read and written
+                # through), whether enable_parallelism came before or after enable.
+                module.set_processor(self._fused.pop(name, self.previous[name]))
                 continue
             for handle in later:
                 if handle.previous.get(name) is mine:
@@ -971,7 +969,6 @@ def _install(plan: _Plan, judged: dict, recorder, backend: str) -> EntropyAttnHa
             cls = EntropyDispatchProcessor
             options.update(calls=plan.calls[name], rescale=plan.rescale_calls[name])
         processor = cls.replacing(judged[name], name, **options)
-        carry_parallel_config(module.processor, processor)
         previous[name] = module.processor
         installed[name] = processor
         module.set_processor(processor)

@@ -37,14 +37,6 @@ import math
 import torch
 
 from .ops import _resolve_backend, dispatch
-from .parallel import (
-    check_parallel_config,
-    context_parallel_attention,
-    context_parallel_config,
-    cp_degree,
-    cp_mean,
-    global_key_tokens,
-)
 from .recording import EntropyRecorder
 from .reference import attention_entropy, attention_reference
 
@@ -80,16 +72,6 @@ def kind_of(attn) -> str:
     if getattr(attn, "is_cross_attention", False):
         return "cross"
     return "self"
-
-
-def carry_parallel_config(source, target) -> None:
-    """Give ``target`` the context-parallel config of ``source`` (what diffusers'
-    ``enable_parallelism`` gave ``source``, and would have given ``target`` had it been
-    installed then): for a processor that diffusers hands a ``_parallel_config`` and that has
-    none yet."""
-    config = getattr(source, "_parallel_config", None)
-    if config is not None and getattr(target, "_parallel_config", False) is None:
-        target._parallel_config = config
 
 
 def _call_scale(scale: float, head_dim: int) -> float | None:
@@ -178,9 +160,6 @@ class _EntropyAttnBase:
                 f"{self.name}: query, key and value dtypes differ "
                 f"({query.dtype}, {key.dtype}, {value.dtype})"
             )
-        parallel_config = context_parallel_config(getattr(self, "_parallel_config", None))
-        if parallel_config is not None:
-            return self._attend_parallel(attn, query, key, value, attention_mask)
         head_dim = query.shape[-1]
         n_tokens = key.shape[2]
         scale = self.scale_for(attn, n_tokens)
@@ -221,37 +200,6 @@ class _EntropyAttnBase:
             train_tokens=self.train_tokens,
             scale=scale,
         )
-
-    def _attend_parallel(self, attn, query, key, value, attention_mask) -> torch.Tensor:
-        """:meth:`attend` under diffusers' context parallelism: this rank holds a shard of the
-        tokens; ``N`` counts every rank's keys, and the attention runs over all of them through
-        diffusers' Ulysses/ring templates (:mod:`entropy_attn.parallel`). A recorded entropy is
-        the mean over every rank's rows: the value a single process records."""
-        config = self._parallel_config
-        check_parallel_config(config, where=f"layer {self.name!r}")
-        if attention_mask is not None:
-            raise ValueError(
-                f"{self.name}: an attention mask is not supported under context parallelism"
-            )
-        ranks = cp_degree(config)
-        n_tokens = global_key_tokens(key.shape[2], config)
-        scale = self.scale_for(attn, n_tokens)
-        call_scale = _call_scale(scale, query.shape[-1])
-        record = self.recorder is not None
-        if not record and takes_scale(self._attention_backend, call_scale):
-            check_context_parallel_backend(self._attention_backend, self.name)
-            return dispatch_diffusers(
-                query, key, value, None, call_scale, self._attention_backend, config
-            )
-        backend = op_backend(self.backend, record)
-        out = context_parallel_attention(
-            query, key, value, call_scale, config, backend=backend, return_entropy=record
-        )
-        if not record:
-            return out
-        out, entropy = out
-        self._record(attn, cp_mean(entropy, config), query, n_tokens, query.shape[2] * ranks, scale)
-        return out
 
     def __repr__(self) -> str:
         return (
@@ -333,12 +281,9 @@ def check_context_parallel_backend(attention_backend, layer: str) -> None:
         )
 
 
-def dispatch_diffusers(
-    query, key, value, attention_mask, scale, attention_backend, parallel_config=None
-):
+def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backend):
     """``(B, H, L, D)`` attention through diffusers' ``dispatch_attention_fn`` (which takes
-    ``(B, L, H, D)``) on the chosen backend, with ``scale`` (and diffusers' ``parallel_config``,
-    under context parallelism) passed to it."""
+    ``(B, L, H, D)``) on the chosen backend, with ``scale`` passed to it."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     out = dispatch_attention_fn(
@@ -348,7 +293,6 @@ def dispatch_diffusers(
         attn_mask=attention_mask,
         scale=scale,
         backend=attention_backend,
-        parallel_config=parallel_config,
     )
     return out.transpose(1, 2)
 
@@ -681,7 +625,6 @@ __all__ = [
     "EntropyJointAttnProcessor",
     "EntropyPAGProcessor",
     "base_scale_of",
-    "carry_parallel_config",
     "head_dim_of",
     "kind_of",
     "layer_scale",
