@@ -11,19 +11,25 @@ Jin et al., "Training-free Diffusion Model Adaptation for Variable-Sized Text-to
 """
 
 from ._source_tree import install_kernels_finder
+from .generic import EntropyDispatchProcessor
 from .integration import EntropyAttnHandle, LayerInfo, disable, enable, enabled, layer_table
 from .ops import attention
-from .processors import EntropyAttnProcessor, EntropyFluxAttnProcessor, EntropyJointAttnProcessor
+from .processors import EntropyAttnProcessor, EntropyJointAttnProcessor
 from .reference import attention_entropy, attention_reference
 from .scale import log_scale
 
 install_kernels_finder()
+
+# FLUX's layers get the generic EntropyDispatchProcessor (it runs FluxAttnProcessor's own code);
+# the name of the former FLUX-only processor stays importable, for isinstance checks.
+EntropyFluxAttnProcessor = EntropyDispatchProcessor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EntropyAttnHandle",
     "EntropyAttnProcessor",
+    "EntropyDispatchProcessor",
     "EntropyFluxAttnProcessor",
     "EntropyJointAttnProcessor",
     "LayerInfo",

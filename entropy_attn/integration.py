@@ -25,8 +25,10 @@ import torch
 from . import positions as _positions
 from . import redilation as _redilation
 from ._extras import needs
+from .families import family_of
+from .generic import EntropyDispatchProcessor, built_in_temperature, calls_dispatcher, probe_calls
 from .parallel import check_parallel_config
-from .pipelines import controlnet_train_size, controlnets_of, enabled_models
+from .pipelines import controlnet_train_size, controlnets_of, enabled_models, second_experts
 from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
 from .processors import (
     OWN_BACKENDS,
@@ -37,7 +39,6 @@ from .processors import (
     _EntropyAttnBase,
     backend_accepts_scale,
     base_scale_of,
-    carry_parallel_config,
     check_backend,
     head_dim_of,
     kind_of,
@@ -238,6 +239,10 @@ class _Plan:
     rescale: dict[str, bool]  # reached layers: selected for the entropy-preserving scale
     replace: dict[str, bool]  # reached layers: entropy-attn can reproduce their processor
     unreached: list[str]  # attention modules that do not run in the denoiser's forward
+    # The generic path (entropy_attn.generic): per layer, its calls at the training size and
+    # which of them are rescaled; None for the per-family processors.
+    calls: dict | None = None
+    rescale_calls: dict | None = None
 
 
 def _plan(
@@ -249,6 +254,7 @@ def _plan(
     processors=None,
     exclude=None,
     denoiser=None,
+    train_frames=None,
 ) -> _Plan:
     """Work out T, the selection and the replaceable layers; change nothing.
 
@@ -257,6 +263,12 @@ def _plan(
     to the pipeline's (:func:`find_denoiser`).
     """
     denoiser = find_denoiser(pipe) if denoiser is None else denoiser
+    _refuse_built_in_temperature(denoiser, processors, exclude)
+    if family_of(unwrap(denoiser)) is not None:
+        return _generic_plan(
+            pipe, denoiser, layers, train_size, train_frames, vae_scale_factor, text_tokens,
+            processors, exclude,
+        )  # fmt: skip
     factor = _vae_scale_factor(pipe, vae_scale_factor)
     if text_tokens is None:
         text_tokens = default_text_tokens(denoiser, pipe)
@@ -296,6 +308,123 @@ def _plan(
             for name, module in reached.items()
         },
         unreached=unreached,
+    )
+
+
+def _refuse_built_in_temperature(denoiser, processors, exclude) -> None:
+    """Never two temperatures: refuse a layer whose processor scales attention by itself."""
+    modules = attention_modules(denoiser)
+    excluded = _exclusion(exclude, modules)
+    for name, module in modules.items():
+        processor = (processors or {}).get(name, module.processor)
+        what = built_in_temperature(processor)
+        if what is not None and not excluded(name, module):
+            raise ValueError(
+                f"{type(unwrap(denoiser)).__name__} layer {name!r} already applies {what} "
+                "(a softmax temperature sqrt(log(N, base_sequence_length))): entropy-attn would "
+                "add a second one, so it refuses. Use the model's own proportional attention."
+            )
+
+
+def _frame_count(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int (frames of the video), got {value!r}")
+    return value
+
+
+def _generic_factor(pipe, family, override) -> int:
+    if override is not None or isinstance(pipe, torch.nn.Module):
+        return _vae_scale_factor(pipe, override) if override is not None else family.spatial
+    for attr in ("vae_scale_factor_spatial", "vae_scale_factor"):
+        value = getattr(pipe, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return family.spatial
+
+
+def _generic_latent(family, factor, size, frames, what: str) -> tuple[int, int, int]:
+    """``(frames, height, width)`` of the latent for a size in pixels and a frame count."""
+    height, width = _pixels_to_latent(size, factor, what)
+    if frames is None:
+        frames = family.train_frames
+    frames = _frame_count(frames, what.replace("size", "frames"))
+    if not family.video and frames != 1:
+        raise ValueError(f"{what.replace('size', 'frames')}: an image model takes 1, got {frames}")
+    return family.latent_frames(frames), height, width
+
+
+def _generic_plan(
+    pipe, denoiser, layers, train_size, train_frames, vae_scale_factor, text_tokens,
+    processors, exclude,
+) -> _Plan:  # fmt: skip
+    """:func:`_plan` for a denoiser of :data:`entropy_attn.families.FAMILIES` (the generic
+    dispatcher path): every call of every layer counted on the meta device, each call's kind
+    from whether its keys grow with the image."""
+    model = unwrap(denoiser)
+    family = family_of(model)
+    factor = _generic_factor(pipe, family, vae_scale_factor)
+    if text_tokens is None:
+        # A pipeline that states its text length (the digits models' one label token) wins.
+        own = getattr(pipe, "text_tokens", None)
+        valid = isinstance(own, int) and not isinstance(own, bool) and own >= 1
+        text_tokens = own if valid else family.text_tokens
+    elif isinstance(text_tokens, bool) or not isinstance(text_tokens, int) or text_tokens < 1:
+        raise ValueError(f"text_tokens must be a positive int or None, got {text_tokens!r}")
+    size = train_size
+    if size is None:
+        # The pipeline's own default_sample_size (latent pixels; FLUX.1: 128, i.e. 1024 px, as
+        # the family's default; the digits-flux pipeline: 8) before the family's table.
+        sample = getattr(pipe, "default_sample_size", None)
+        own_size = isinstance(sample, int) and not isinstance(sample, bool) and sample >= 1
+        size = (sample * factor, sample * factor) if own_size else family.train_size
+    latent = _generic_latent(family, factor, size, train_frames, "train_size")
+    modules = attention_modules(denoiser)
+    excluded = _exclusion(exclude, modules)
+    processors = {name: module.processor for name, module in modules.items()} | (processors or {})
+    calls = probe_calls(model, latent, text_tokens=text_tokens)
+    unreached = [name for name in modules if name not in calls]
+    if callable(layers):
+        select = layers
+        chosen = [name for name in unreached if select(name, modules[name])]
+        if chosen:
+            raise ValueError(
+                f"layers selects {chosen[0]!r}, which makes no attention call entropy-attn can "
+                "count in the denoiser's forward, so it has no training token count T"
+            )
+    elif layers in ("self", "all"):
+        select = None
+    else:
+        _selector(layers)  # raises, naming the argument
+    rescale_calls = {}
+    for name, layer_calls in calls.items():
+        if excluded(name, modules[name]):
+            rescale_calls[name] = (False,) * len(layer_calls)
+        elif select is not None:
+            rescale_calls[name] = (bool(select(name, modules[name])),) * len(layer_calls)
+        else:
+            rescale_calls[name] = tuple(layers == "all" or c.kind != "cross" for c in layer_calls)
+    train_tokens = {}
+    for name, layer_calls in calls.items():
+        on = [c for c, r in zip(layer_calls, rescale_calls[name], strict=True) if r]
+        train_tokens[name] = (on or layer_calls)[0].key_tokens
+    return _Plan(
+        denoiser=denoiser,
+        train_latent=latent[1:],
+        factor=factor,
+        text_tokens=text_tokens,
+        train_tokens=train_tokens,
+        rescale={name: any(on) for name, on in rescale_calls.items()},
+        # Only the processor class the probe ran (a user's processor, e.g. an IP-Adapter's, may
+        # attend more often than the counted calls): other processors are kept or refused.
+        replace={
+            name: type(processors[name]).__name__ == layer_calls[0].processor
+            and calls_dispatcher(processors[name])
+            and not excluded(name, modules[name])
+            for name, layer_calls in calls.items()
+        },
+        unreached=unreached,
+        calls=calls,
+        rescale_calls=rescale_calls,
     )
 
 
@@ -519,6 +648,8 @@ class EntropyAttnHandle:
         return {name: state.underlying(name, p) for name, p in self.previous.items()}
 
     controlnet_handles: tuple[EntropyAttnHandle, ...] = ()  # set by enable
+    # Wan 2.2's second expert (pipe.transformer_2), patched by the same call; set by enable.
+    expert_handles: tuple[EntropyAttnHandle, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -574,7 +705,7 @@ class EntropyAttnHandle:
         still in force that covered this one's processors will restore what this one replaced.
         The ControlNet handles of this call (:attr:`controlnet_handles`) are undone too.
         """
-        for handle in self.controlnet_handles:
+        for handle in (*self.expert_handles, *self.controlnet_handles):
             handle.disable()
         state = _DenoiserState.of(self.denoiser)
         if state is None or self not in state.handles:
@@ -590,11 +721,10 @@ class EntropyAttnHandle:
                 originals[f"{name}.processor"] = self.previous[name]
             module = self._modules[name]
             if module.processor is mine:
-                # A processor put back under context parallelism gets the config diffusers gave
-                # ours (enable_parallelism after enable never reached it).
-                restored = self._fused.pop(name, self.previous[name])
-                carry_parallel_config(mine, restored)
-                module.set_processor(restored)
+                # Under context parallelism the stock processor put back already holds diffusers'
+                # config: a generic-path processor's is its stock processor's (read and written
+                # through), whether enable_parallelism came before or after enable.
+                module.set_processor(self._fused.pop(name, self.previous[name]))
                 continue
             for handle in later:
                 if handle.previous.get(name) is mine:
@@ -668,6 +798,7 @@ def enable(
     redilate: bool = False,
     redilate_min_timestep: float = _redilation.DEFAULT_MIN_TIMESTEP,
     redilate_blocks: Callable[[str, torch.nn.Module], bool] | None = None,
+    train_frames: int | None = None,
 ) -> EntropyAttnHandle:
     """Install entropy-attn processors on a pipeline's denoiser (or on a bare UNet).
 
@@ -702,8 +833,12 @@ def enable(
             takes no scale, and any layer while entropy is recorded, runs entropy-attn's op.
         text_tokens: text sequence length assumed when counting tokens at the training size;
             default per model family: 77 for UNets (CLIP, LDMBert), 333 for SD3 (77 CLIP + 256
-            T5), 512 for FLUX, 120 for PixArt-alpha and 300 for PixArt-Sigma. It matters for
+            T5), 512 for FLUX, 120 for PixArt-alpha and 300 for PixArt-Sigma, and for the
+            generic path's families their entry in ``entropy_attn.families``. It matters for
             joint attention, where text tokens are keys too.
+        train_frames: video models (Wan, HunyuanVideo, LTX-Video, CogVideoX): the frame count
+            of the training size; default per family (``entropy_attn.families``: Wan 81,
+            HunyuanVideo 129, LTX-Video 161, CogVideoX 49).
         controlnet: also patch the pipeline's ControlNet(s) (``pipe.controlnet``, each net of a
             ``MultiControlNetModel``), with ``T`` counted on each ControlNet's own architecture
             at the same training size; ``layers`` gets each model's own layer names. Their
@@ -769,9 +904,10 @@ def enable(
                 f"layers={layers!r} selects layers for the scale, but scale=False: drop one"
             )
         layers = _select_none
+    experts = second_experts(pipe)  # Wan 2.2: transformer_2, judged and patched like transformer
     nets = [net for _, net in controlnets_of(pipe)] if controlnet else []
-    models = [denoiser, *nets]
-    sizes = [train_size]
+    models = [denoiser, *experts, *nets]
+    sizes = [train_size] * (1 + len(experts))
     if nets:
         sizes += [controlnet_train_size(pipe, denoiser, train_size, vae_scale_factor)] * len(nets)
     # Judge every model first (what is installed now, through entropy-attn's own processors),
@@ -782,13 +918,23 @@ def enable(
         models, sizes, _split_exclusion(exclude, models), strict=True
     ):
         plans.append(
-            _judge(pipe, model, layers, model_exclude, size, vae_scale_factor, text_tokens)
+            _judge(
+                pipe,
+                model,
+                layers,
+                model_exclude,
+                size,
+                vae_scale_factor,
+                text_tokens,
+                train_frames,
+            )  # fmt: skip
         )
     handles = []
     for plan, processors in plans:
         recorder = _recorder_for(record_entropy, record_last_steps)  # one per model
         handles.append(_install(plan, processors, recorder, backend))
-    handles[0].controlnet_handles = tuple(handles[1:])
+    handles[0].expert_handles = tuple(handles[1 : 1 + len(experts)])
+    handles[0].controlnet_handles = tuple(handles[1 + len(experts) :])
     if pag is not None:
         _install_pag(pipe, handles[0], pag)
     _install_fixes(handles[0], plans[0][0], positions, redilate, redilate_min_timestep, convs)
@@ -907,11 +1053,16 @@ def _split_exclusion(exclude: LayerExclusion, models: list) -> list[LayerExclusi
     ]
 
 
-def _judge(pipe, model, layers, exclude, train_size, vae_scale_factor, text_tokens):
+def _judge(
+    pipe, model, layers, exclude, train_size, vae_scale_factor, text_tokens, train_frames=None
+):
     """The plan for one model of ``pipe`` and the processors it judged; refuses what it would
     get wrong or drop. Changes nothing."""
     judged = _judged_processors(model, _DenoiserState.of(model))
-    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, judged, exclude, model)
+    plan = _plan(
+        pipe, layers, train_size, vae_scale_factor, text_tokens, judged, exclude, model,
+        train_frames,
+    )  # fmt: skip
     _check_plan(plan, judged)
     return plan, judged
 
@@ -933,16 +1084,18 @@ def _install(plan: _Plan, judged: dict, recorder, backend: str) -> EntropyAttnHa
         if not ok:
             continue
         module = modules[name]
-        processor = replacement_for(judged[name]).replacing(
-            judged[name],
-            name,
+        options = dict(
             train_tokens=plan.train_tokens[name],
             rescale=plan.rescale[name],
             backend=backend,
             recorder=recorder,
             attention_backend=_attention_backend_for(module.processor, backend),
         )
-        carry_parallel_config(module.processor, processor)
+        cls = replacement_for(judged[name])
+        if plan.calls is not None:  # the generic path: per call T and selection
+            cls = EntropyDispatchProcessor
+            options.update(calls=plan.calls[name], rescale=plan.rescale_calls[name])
+        processor = cls.replacing(judged[name], name, **options)
         previous[name] = module.processor
         installed[name] = processor
         module.set_processor(processor)
@@ -1002,13 +1155,20 @@ def layer_table(
     train_size: int | tuple[int, int] | None = None,
     vae_scale_factor: int | None = None,
     text_tokens: int | None = None,
+    frames: int | None = None,
+    train_frames: int | None = None,
 ) -> list[LayerInfo]:
     """Each attention layer at an image size, without running the model.
 
     Args:
         pipe: pipeline or denoiser, as for :func:`enable`.
         size: image size in pixels, ``(height, width)`` or one int.
-        layers, exclude, train_size, vae_scale_factor, text_tokens: as for :func:`enable`.
+        layers, exclude, train_size, vae_scale_factor, text_tokens, train_frames: as for
+            :func:`enable`.
+        frames: video models: frames at ``size`` (default: the training frame count).
+
+    A layer of the generic path that attends more than once per call (Wan I2V's image and text
+    cross-attention) has a row per attention call, named ``layer[0]``, ``layer[1]``, ...
 
     Returns:
         One :class:`LayerInfo` per attention layer that runs in the denoiser's forward, in
@@ -1017,7 +1177,14 @@ def layer_table(
     """
     denoiser = find_denoiser(pipe)
     judged = _judged_processors(denoiser, _DenoiserState.of(denoiser))
-    plan = _plan(pipe, layers, train_size, vae_scale_factor, text_tokens, judged, exclude)
+    plan = _plan(
+        pipe, layers, train_size, vae_scale_factor, text_tokens, judged, exclude, None,
+        train_frames,
+    )  # fmt: skip
+    if plan.calls is not None:
+        return _generic_layer_table(plan, size, frames, train_frames)
+    if frames is not None:
+        raise ValueError(f"frames applies to video models only, got {frames!r}")
     latent = _pixels_to_latent(size, plan.factor, "size")
     counts = probe_tokens(plan.denoiser, latent, text_tokens=plan.text_tokens)
     rows = []
@@ -1040,6 +1207,35 @@ def layer_table(
                 changed=rescale and n_tokens != train_tokens and n_tokens > 1,
             )
         )
+    return rows
+
+
+def _generic_layer_table(plan: _Plan, size, frames, train_frames) -> list[LayerInfo]:
+    model = unwrap(plan.denoiser)
+    family = family_of(model)
+    if frames is None:
+        frames = train_frames
+    latent = _generic_latent(family, plan.factor, size, frames, "size")
+    now = probe_calls(model, latent, text_tokens=plan.text_tokens, classify=False)
+    rows = []
+    for name, calls in plan.calls.items():
+        for index, call in enumerate(calls):
+            n_tokens = now[name][index].key_tokens
+            rescale = plan.rescale_calls[name][index] and plan.replace[name]
+            base = call.base_scale
+            rows.append(
+                LayerInfo(
+                    name=name if len(calls) == 1 else f"{name}[{index}]",
+                    kind=call.kind,
+                    heads=call.heads,
+                    head_dim=call.head_dim,
+                    query_tokens=now[name][index].query_tokens,
+                    n_tokens=n_tokens,
+                    train_tokens=call.key_tokens,
+                    scale=layer_scale(n_tokens, call.key_tokens, base) if rescale else base,
+                    changed=rescale and n_tokens != call.key_tokens and n_tokens > 1,
+                )
+            )
     return rows
 
 

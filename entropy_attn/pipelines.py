@@ -52,13 +52,22 @@ def controlnets_of(pipe) -> list[tuple[str, torch.nn.Module]]:
     return found
 
 
+def second_experts(pipe) -> list[torch.nn.Module]:
+    """``[pipe.transformer_2]`` for a pipeline with a second denoising expert (Wan 2.2: the
+    low-noise expert next to the high-noise ``transformer``), else ``[]``."""
+    if isinstance(pipe, torch.nn.Module):
+        return []
+    expert = getattr(pipe, "transformer_2", None)
+    return [unwrap(expert)] if isinstance(expert, torch.nn.Module) else []
+
+
 def enabled_models(pipe) -> list[torch.nn.Module]:
-    """The denoiser and every ControlNet of ``pipe`` that has attention processors (of any
-    class): the models :func:`entropy_attn.disable` looks at."""
+    """The denoiser, a second expert and every ControlNet of ``pipe`` that has attention
+    processors (of any class): the models :func:`entropy_attn.disable` looks at."""
     from .integration import find_denoiser
 
     nets = [net for _, net in _controlnet_models(pipe) if hasattr(net, "attn_processors")]
-    return [find_denoiser(pipe), *nets]
+    return [find_denoiser(pipe), *second_experts(pipe), *nets]
 
 
 def denoisers(pipe, *, controlnet: bool = True) -> list[tuple[str, torch.nn.Module]]:
@@ -83,4 +92,10 @@ def controlnet_train_size(pipe, denoiser, train_size, vae_scale_factor) -> tuple
     return height * factor, width * factor
 
 
-__all__ = ["SUPPORTED_CONTROLNETS", "controlnet_train_size", "controlnets_of", "denoisers"]
+__all__ = [
+    "second_experts",
+    "SUPPORTED_CONTROLNETS",
+    "controlnet_train_size",
+    "controlnets_of",
+    "denoisers",
+]

@@ -11,10 +11,11 @@ embeddings, masks, output projections) and replaces its attention call by
   ``SlicedAttnProcessor`` (same ``baddbmm``/``softmax`` math, same slices);
 - :class:`EntropyJointAttnProcessor` for ``JointAttnProcessor2_0`` and
   ``FusedJointAttnProcessor2_0`` (SD3: joint attention over image and text tokens);
-- :class:`EntropyFluxAttnProcessor` for ``FluxAttnProcessor`` (FLUX: joint and single-stream
-  blocks with rotary embeddings);
 - :class:`EntropyPAGProcessor` for PAG's ``PAG(CFG)IdentitySelfAttnProcessor2_0`` (perturbed-
   attention guidance: the guided chunks through the layer's processor above).
+
+FLUX and every other transformer whose processors call diffusers' attention dispatcher go through
+the generic path instead (:mod:`entropy_attn.generic`), which runs the stock processor's own code.
 
 The scale of a rescaled layer is ``base_scale * sqrt(ln N / ln T)`` with ``N`` the keys of the
 call and ``T`` the keys of the same layer at the training size; ``base_scale`` is the layer's own
@@ -22,7 +23,7 @@ call and ``T`` the keys of the same layer at the training size; ``base_scale`` i
 
 Off the fused kernel (CPU, MPS, masked calls) a layer whose scale is unchanged (``N == T``, or a
 layer not selected) gives the same bits as the processor it replaced, for ``AttnProcessor2_0``,
-``AttnProcessor``, ``SlicedAttnProcessor``, ``JointAttnProcessor2_0`` and ``FluxAttnProcessor``.
+``AttnProcessor``, ``SlicedAttnProcessor`` and ``JointAttnProcessor2_0``.
 ``FusedAttnProcessor2_0`` and ``FusedJointAttnProcessor2_0`` (one fused QKV projection;
 entropy-attn uses the unfused ones, which diffusers keeps), ``XFormersAttnProcessor`` and
 ``AttnProcessorNPU`` (their own kernels) agree only to rounding. The fused kernel (CUDA) agrees
@@ -36,14 +37,6 @@ import math
 import torch
 
 from .ops import _resolve_backend, dispatch
-from .parallel import (
-    check_parallel_config,
-    context_parallel_attention,
-    context_parallel_config,
-    cp_degree,
-    cp_mean,
-    global_key_tokens,
-)
 from .recording import EntropyRecorder
 from .reference import attention_entropy, attention_reference
 
@@ -79,16 +72,6 @@ def kind_of(attn) -> str:
     if getattr(attn, "is_cross_attention", False):
         return "cross"
     return "self"
-
-
-def carry_parallel_config(source, target) -> None:
-    """Give ``target`` the context-parallel config of ``source`` (what diffusers'
-    ``enable_parallelism`` gave ``source``, and would have given ``target`` had it been
-    installed then): for a processor that diffusers hands a ``_parallel_config`` and that has
-    none yet."""
-    config = getattr(source, "_parallel_config", None)
-    if config is not None and getattr(target, "_parallel_config", False) is None:
-        target._parallel_config = config
 
 
 def _call_scale(scale: float, head_dim: int) -> float | None:
@@ -177,9 +160,6 @@ class _EntropyAttnBase:
                 f"{self.name}: query, key and value dtypes differ "
                 f"({query.dtype}, {key.dtype}, {value.dtype})"
             )
-        parallel_config = context_parallel_config(getattr(self, "_parallel_config", None))
-        if parallel_config is not None:
-            return self._attend_parallel(attn, query, key, value, attention_mask)
         head_dim = query.shape[-1]
         n_tokens = key.shape[2]
         scale = self.scale_for(attn, n_tokens)
@@ -220,37 +200,6 @@ class _EntropyAttnBase:
             train_tokens=self.train_tokens,
             scale=scale,
         )
-
-    def _attend_parallel(self, attn, query, key, value, attention_mask) -> torch.Tensor:
-        """:meth:`attend` under diffusers' context parallelism: this rank holds a shard of the
-        tokens; ``N`` counts every rank's keys, and the attention runs over all of them through
-        diffusers' Ulysses/ring templates (:mod:`entropy_attn.parallel`). A recorded entropy is
-        the mean over every rank's rows: the value a single process records."""
-        config = self._parallel_config
-        check_parallel_config(config, where=f"layer {self.name!r}")
-        if attention_mask is not None:
-            raise ValueError(
-                f"{self.name}: an attention mask is not supported under context parallelism"
-            )
-        ranks = cp_degree(config)
-        n_tokens = global_key_tokens(key.shape[2], config)
-        scale = self.scale_for(attn, n_tokens)
-        call_scale = _call_scale(scale, query.shape[-1])
-        record = self.recorder is not None
-        if not record and takes_scale(self._attention_backend, call_scale):
-            check_context_parallel_backend(self._attention_backend, self.name)
-            return dispatch_diffusers(
-                query, key, value, None, call_scale, self._attention_backend, config
-            )
-        backend = op_backend(self.backend, record)
-        out = context_parallel_attention(
-            query, key, value, call_scale, config, backend=backend, return_entropy=record
-        )
-        if not record:
-            return out
-        out, entropy = out
-        self._record(attn, cp_mean(entropy, config), query, n_tokens, query.shape[2] * ranks, scale)
-        return out
 
     def __repr__(self) -> str:
         return (
@@ -332,12 +281,9 @@ def check_context_parallel_backend(attention_backend, layer: str) -> None:
         )
 
 
-def dispatch_diffusers(
-    query, key, value, attention_mask, scale, attention_backend, parallel_config=None
-):
+def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backend):
     """``(B, H, L, D)`` attention through diffusers' ``dispatch_attention_fn`` (which takes
-    ``(B, L, H, D)``) on the chosen backend, with ``scale`` (and diffusers' ``parallel_config``,
-    under context parallelism) passed to it."""
+    ``(B, L, H, D)``) on the chosen backend, with ``scale`` passed to it."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     out = dispatch_attention_fn(
@@ -347,7 +293,6 @@ def dispatch_diffusers(
         attn_mask=attention_mask,
         scale=scale,
         backend=attention_backend,
-        parallel_config=parallel_config,
     )
     return out.transpose(1, 2)
 
@@ -594,69 +539,6 @@ class EntropyJointAttnProcessor(_EntropyAttnBase):
         return hidden_states
 
 
-class EntropyFluxAttnProcessor(_EntropyAttnBase):
-    """diffusers' ``FluxAttnProcessor`` with the entropy-preserving scale.
-
-    Double-stream blocks attend over text + image tokens, single-stream blocks over the same
-    concatenation: ``N`` is 512 + 4096 for FLUX at 1024 px with its default 512 text tokens.
-    Rotary embeddings and QK RMS norms are applied exactly as in the stock processor.
-
-    Under diffusers' context parallelism (``enable_parallelism``, before or after ``enable``)
-    ``N`` counts the keys of every rank: see :meth:`_attend_parallel`.
-    """
-
-    # As the stock processor: enable_parallelism gives its ParallelConfig to every processor
-    # that has this attribute.
-    _parallel_config = None
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: torch.Tensor | None = None,
-    ):
-        from diffusers.models.embeddings import apply_rotary_emb
-        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
-
-        query, key, value, context_query, context_key, context_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
-        )
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-        if attn.added_kv_proj_dim is not None:
-            context_query = attn.norm_added_q(context_query.unflatten(-1, (-1, attn.head_dim)))
-            context_key = attn.norm_added_k(context_key.unflatten(-1, (-1, attn.head_dim)))
-            context_value = context_value.unflatten(-1, (-1, attn.head_dim))
-            query = torch.cat([context_query, query], dim=1)
-            key = torch.cat([context_key, key], dim=1)
-            value = torch.cat([context_value, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        # (B, L, H, D) -> (B, H, L, D) views; the output comes back in query's layout.
-        out = self.attend(
-            attn, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask
-        )
-        hidden_states = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
-        if encoder_hidden_states is not None:
-            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-                [
-                    encoder_hidden_states.shape[1],
-                    hidden_states.shape[1] - encoder_hidden_states.shape[1],
-                ],
-                dim=1,
-            )
-            hidden_states = attn.to_out[0](hidden_states.contiguous())
-            hidden_states = attn.to_out[1](hidden_states)
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
-            return hidden_states, encoder_hidden_states
-        return hidden_states
-
-
 def _identity_attention(attn, hidden_states, temb):
     """PAG's perturbed path, as diffusers' ``PAG*IdentitySelfAttnProcessor2_0`` computes it:
     the attention map replaced by the identity, i.e. the value projection of each token."""
@@ -725,8 +607,6 @@ REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
     "XFormersAttnProcessor": EntropyAttnProcessor,
     "JointAttnProcessor2_0": EntropyJointAttnProcessor,
     "FusedJointAttnProcessor2_0": EntropyJointAttnProcessor,
-    "FluxAttnProcessor": EntropyFluxAttnProcessor,
-    "FluxAttnProcessor2_0": EntropyFluxAttnProcessor,
 }
 
 
@@ -742,11 +622,9 @@ __all__ = [
     "REPLACEMENTS",
     "EntropyAttnProcessor",
     "EntropyClassicAttnProcessor",
-    "EntropyFluxAttnProcessor",
     "EntropyJointAttnProcessor",
     "EntropyPAGProcessor",
     "base_scale_of",
-    "carry_parallel_config",
     "head_dim_of",
     "kind_of",
     "layer_scale",

@@ -43,6 +43,23 @@ def generator() -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(20230614)
 
 
+@pytest.fixture(autouse=True)
+def _restore_diffusers_active_backend():
+    """``set_attention_backend`` also sets diffusers' process-wide active backend (and
+    ``reset_attention_backend`` leaves it): every test gets back the one it started with, so a
+    later test's stock reference is not computed on another backend."""
+    import sys
+
+    dispatch = sys.modules.get("diffusers.models.attention_dispatch")
+    saved = None if dispatch is None else dispatch._AttentionBackendRegistry._active_backend
+    yield
+    dispatch = sys.modules.get("diffusers.models.attention_dispatch")
+    if dispatch is not None:
+        if saved is None:  # imported during the test: its import-time default
+            saved = dispatch.AttentionBackendName(dispatch.DIFFUSERS_ATTN_BACKEND)
+        dispatch._AttentionBackendRegistry._active_backend = saved
+
+
 # Tiny pipelines built once per session (per xdist worker). Shared: tests that only read them
 # (layer tables, training sizes, reference images) use these; a test that enables, casts or
 # otherwise changes a pipeline builds its own (``tiny_sd_pipeline()`` takes a fraction of a

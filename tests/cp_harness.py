@@ -154,43 +154,54 @@ def _cp_config(mode: str, world: int):
     return ContextParallelConfig(**{f"{mode}_degree": world})
 
 
-def flux_scenarios(rank: int, world: int, latent: tuple[int, int], modes=("ulysses", "ring")):
+def model_scenarios(make, inputs: dict, options: dict, world: int, modes, prefix: str = ""):
     """Per mode: stock CP; enable then enable_parallelism; enable_parallelism then enable (both
-    recording entropy, then disabled); the user's diffusers backend under entropy-attn. Returns
-    {(mode, what): tensor or rows}."""
+    recording entropy, then disabled); enable without recording; the user's diffusers backend
+    under entropy-attn. Returns
+    {(mode, prefix + what): tensor or rows}."""
     import entropy_attn
 
-    inputs = flux_inputs(*latent)
     results = {}
     for mode in modes:
-        model = tiny_flux()
+        model = make()
         model.enable_parallelism(config=_cp_config(mode, world))
-        results[mode, "stock"] = run_model(model, inputs)
+        results[mode, prefix + "stock"] = run_model(model, inputs)
 
-        model = tiny_flux()
-        handle = entropy_attn.enable(model, record_entropy=True, **FLUX_OPTIONS)
+        model = make()
+        handle = entropy_attn.enable(model, record_entropy=True, **options)
         model.enable_parallelism(config=_cp_config(mode, world))
-        results[mode, "enable_first"] = run_model(model, inputs)
-        results[mode, "enable_first_rows"] = handle.entropy_rows()
+        results[mode, prefix + "enable_first"] = run_model(model, inputs)
+        results[mode, prefix + "enable_first_rows"] = handle.entropy_rows()
         entropy_attn.disable(model)
-        results[mode, "enable_first_disabled"] = run_model(model, inputs)
+        results[mode, prefix + "enable_first_disabled"] = run_model(model, inputs)
 
-        model = tiny_flux()
+        model = make()
         model.enable_parallelism(config=_cp_config(mode, world))
-        handle = entropy_attn.enable(model, record_entropy=True, **FLUX_OPTIONS)
-        results[mode, "parallel_first"] = run_model(model, inputs)
-        results[mode, "parallel_first_rows"] = handle.entropy_rows()
+        handle = entropy_attn.enable(model, record_entropy=True, **options)
+        results[mode, prefix + "parallel_first"] = run_model(model, inputs)
+        results[mode, prefix + "parallel_first_rows"] = handle.entropy_rows()
         entropy_attn.disable(model)
-        results[mode, "parallel_first_disabled"] = run_model(model, inputs)
+        results[mode, prefix + "parallel_first_disabled"] = run_model(model, inputs)
+
+        # Not recording: entropy-attn's op inside diffusers' templates, without the entropy.
+        model = make()
+        model.enable_parallelism(config=_cp_config(mode, world))
+        entropy_attn.enable(model, **options)
+        results[mode, prefix + "unrecorded"] = run_model(model, inputs)
 
         # A diffusers backend the user chose (set_attention_backend) runs its own CP template,
         # with entropy-attn's scale of the global N.
-        model = tiny_flux()
+        model = make()
         model.set_attention_backend("native")
-        entropy_attn.enable(model, **FLUX_OPTIONS)
+        entropy_attn.enable(model, **options)
         model.enable_parallelism(config=_cp_config(mode, world))
-        results[mode, "user_backend"] = run_model(model, inputs)
+        results[mode, prefix + "user_backend"] = run_model(model, inputs)
     return results
+
+
+def flux_scenarios(rank: int, world: int, latent: tuple[int, int], modes=("ulysses", "ring")):
+    """:func:`model_scenarios` on the tiny FLUX transformer."""
+    return model_scenarios(tiny_flux, flux_inputs(*latent), FLUX_OPTIONS, world, modes)
 
 
 # Wan 2.1 (tiny): diffusers splits the video tokens (self-attention goes through CP) but not the
@@ -202,7 +213,9 @@ WAN_TRANSFORMER = dict(
     qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
 )  # fmt: skip
 WAN_TEXT = 6
-WAN_TRAIN_TOKENS = 2 * 4 * 4  # a training size of 2 latent frames of 8x8 (patch 1x2x2)
+# A training size of 5 frames of 64x64 px: 2 latent frames of 8x8, 2 x 4 x 4 = 32 video tokens
+# (patch 1x2x2).
+WAN_OPTIONS = dict(text_tokens=WAN_TEXT, train_size=64, train_frames=5)
 
 
 def tiny_wan():
@@ -221,73 +234,14 @@ def wan_inputs(frames: int, latent_h: int, latent_w: int, seed: int = 0) -> dict
     )
 
 
-class GenericDispatch:
-    """A stand-in for the generic dispatcher path of issue 21 (not in the package yet): replaces
-    ``dispatch_attention_fn`` in Wan's module with entropy-attn, using entropy_attn.parallel's
-    pieces under context parallelism. Self-attention (as many keys as queries) gets the scale of
-    the global N; cross-attention keeps 1/sqrt(d). Records one mean entropy per call, averaged
-    over the model's CP ranks (cross-attention too: its queries are sharded)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.entropies: list[torch.Tensor] = []
-
-    def __call__(
-        self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-        enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None,
-    ):  # fmt: skip
-        import entropy_attn
-        from entropy_attn import parallel
-
-        assert attn_mask is None and scale is None
-        q, k, v = (x.transpose(1, 2) for x in (query, key, value))
-        cp = parallel.context_parallel_config(parallel_config) is not None
-        n_tokens = parallel.global_key_tokens(k.shape[2], parallel_config if cp else None)
-        self_attention = key.shape[1] == query.shape[1]
-        head_dim = q.shape[-1]
-        call_scale = (
-            entropy_attn.log_scale(n_tokens, WAN_TRAIN_TOKENS, head_dim) if self_attention else None
-        )
-        if cp:
-            out, entropy = parallel.context_parallel_attention(
-                q, k, v, call_scale, parallel_config, backend="torch", return_entropy=True
-            )
-        else:
-            out, entropy = entropy_attn.attention(q, k, v, call_scale, return_entropy=True)
-        self.entropies.append(parallel.cp_mean(entropy, self.model._parallel_config))
-        return out.transpose(1, 2)
-
-
-def run_wan_generic(model, inputs) -> tuple[torch.Tensor, list[float]]:
-    """The model's output and per-call entropies with :class:`GenericDispatch` patched in."""
-    from diffusers.models.transformers import transformer_wan
-
-    stock = transformer_wan.dispatch_attention_fn
-    generic = GenericDispatch(model)
-    transformer_wan.dispatch_attention_fn = generic
-    try:
-        out = run_model(model, inputs)
-    finally:
-        transformer_wan.dispatch_attention_fn = stock
-    return out, [float(e) for e in generic.entropies]
-
-
 WAN_SIZE = (3, 8, 12)  # 3 latent frames of 8x12: 72 video tokens, 36 per rank
 
 
 def wan_scenarios(rank: int, world: int, modes=("ulysses", "ring")):
-    inputs = wan_inputs(*WAN_SIZE)
-    results = {}
-    for mode in modes:
-        model = tiny_wan()
-        model.enable_parallelism(config=_cp_config(mode, world))
-        results[mode, "wan_stock"] = run_model(model, inputs)
-        results[mode, "wan_generic"], results[mode, "wan_generic_rows"] = run_wan_generic(
-            model, inputs
-        )
-    return results
+    """:func:`model_scenarios` on the tiny Wan transformer (keys prefixed ``wan_``)."""
+    return model_scenarios(tiny_wan, wan_inputs(*WAN_SIZE), WAN_OPTIONS, world, modes, "wan_")
 
 
-def all_scenarios(rank: int, world: int, latent: tuple[int, int]):
+def all_scenarios(rank: int, world: int, latent: tuple[int, int], modes=("ulysses", "ring")):
     """FLUX and Wan in one spawn (starting the processes costs more than the scenarios)."""
-    return {**flux_scenarios(rank, world, latent), **wan_scenarios(rank, world)}
+    return {**flux_scenarios(rank, world, latent, modes), **wan_scenarios(rank, world, modes)}

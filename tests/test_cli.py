@@ -87,7 +87,7 @@ def test_help_states_the_size_order(capsys):
 
 def test_layers_help_lists_every_shipped_model(capsys):
     text = help_text(["layers"], capsys).replace("- ", "-")  # argparse breaks at hyphens
-    assert len(configs.ARCHITECTURES) == 8
+    assert len(configs.ARCHITECTURES) == 19
     assert all(name in text for name in configs.ARCHITECTURES)
     assert all(name in text for name in ("tiny-sd", "tiny-ldm"))
 

@@ -2,10 +2,10 @@
 
 The merge of attention over key shards is checked as a pure function against one shard holding
 every key (float64). The whole path runs in two CPU processes over gloo (``cp_harness``, whose
-patches of diffusers' accelerator assumptions stay in those processes): a tiny FLUX transformer at
-a size other than its training size, Ulysses and ring, ``enable`` before and after
-``enable_parallelism``; its output must equal the single-process entropy-attn output and its
-recorded entropy the single-process recording.
+patches of diffusers' accelerator assumptions stay in those processes): tiny FLUX and Wan 2.1
+transformers (the generic dispatcher path) at a size other than their training size, Ulysses and
+ring, ``enable`` before and after ``enable_parallelism``; the output must equal the single-process
+entropy-attn output and the recorded entropy the single-process recording.
 """
 
 from __future__ import annotations
@@ -103,25 +103,57 @@ def test_shard_attention_over_key_shards_equals_whole_attention(generator, backe
         ShardAttention.backward(None, out)
 
 
-def test_parallel_config_is_carried_only_to_processors_that_take_one():
-    """disable hands diffusers' config to a processor it puts back only where diffusers would
-    have (the attribute exists and is unset); a set config and other processors are kept."""
+def test_generic_processor_parallel_config_is_its_stock_processors():
+    """What diffusers' enable_parallelism does to every processor with a ``_parallel_config``
+    (set it) reaches the stock processor whose code reads it, in both orders, and is still there
+    after disable; a stock processor without the attribute gives the wrapper none either."""
     from diffusers.models.attention_processor import AttnProcessor2_0
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-    from entropy_attn.processors import carry_parallel_config
+    from entropy_attn.generic import EntropyDispatchProcessor, probe_calls
 
-    source, config = FluxAttnProcessor(), object()
-    source._parallel_config = config
-    unset, classic = FluxAttnProcessor(), AttnProcessor2_0()
-    carry_parallel_config(source, unset)
-    carry_parallel_config(source, classic)
-    assert unset._parallel_config is config and not hasattr(classic, "_parallel_config")
-    other = object()
-    kept = FluxAttnProcessor()
-    kept._parallel_config = other
-    carry_parallel_config(source, kept)
-    assert kept._parallel_config is other
+    model = cp_harness.tiny_flux()
+    stock = dict(model.attn_processors)
+    entropy_attn.enable(model, **cp_harness.FLUX_OPTIONS)
+    config = object()
+    for processor in model.attn_processors.values():  # enable_parallelism after enable
+        assert isinstance(processor, EntropyDispatchProcessor)
+        assert hasattr(processor, "_parallel_config") and processor._parallel_config is None
+        processor._parallel_config = config
+        assert "_parallel_config" not in vars(processor)
+    assert all(p._parallel_config is config for p in stock.values())
+    entropy_attn.disable(model)
+    assert all(model.attn_processors[n] is p for n, p in stock.items())
+    assert all(p._parallel_config is config for p in stock.values())
+
+    other = object()  # enable_parallelism before enable: the wrapper reads the stock's
+    stock["transformer_blocks.0.attn.processor"]._parallel_config = other
+    entropy_attn.enable(model, **cp_harness.FLUX_OPTIONS)
+    assert model.transformer_blocks[0].attn.processor._parallel_config is other
+    entropy_attn.disable(model)
+
+    calls = next(iter(probe_calls(model, (1, 8, 8), text_tokens=cp_harness.TEXT).values()))
+    bare = EntropyDispatchProcessor(AttnProcessor2_0(), "x", calls=calls, rescale=(True,))
+    assert not hasattr(bare, "_parallel_config")
+
+
+def test_generic_path_refuses_recording_a_masked_call_under_context_parallelism():
+    """A masked call made with a context-parallel config cannot be recorded (the shard op takes
+    no mask): a clear error naming the layer, before any collective."""
+    from entropy_attn.generic import _Call
+
+    model = cp_harness.tiny_flux()
+    entropy_attn.enable(model, record_entropy=True, **cp_harness.FLUX_OPTIONS)
+    processor = model.transformer_blocks[0].attn.processor
+    config = types.SimpleNamespace(
+        tensor_parallel_config=None,
+        context_parallel_config=types.SimpleNamespace(ring_degree=2, ulysses_degree=1),
+    )
+    q, mask = torch.zeros(1, 5, 2, 8), torch.ones(1, 5, dtype=torch.bool)
+    extra = {"attention_kwargs": None, "backend": None, "parallel_config": config}
+    call = _Call("BLHD", q, q, q, mask, 0.0, False, None, False, extra)
+    with pytest.raises(ValueError, match="'transformer_blocks.0.attn': recording entropy under"):
+        processor.attend_parallel(call, 0)
+    entropy_attn.disable(model)
 
 
 def test_backend_without_context_parallelism_is_refused():
@@ -166,22 +198,33 @@ def test_enable_refuses_unsupported_parallelism_and_changes_nothing():
     assert all(model.attn_processors[name] is p for name, p in before.items())
 
 
-# Two processes over gloo. A latent of 12x20 (6x10 packed tokens + 8 text tokens, 34 per rank)
-# is not the training size (16x16), so entropy-attn changes every layer's scale.
+# Two processes over gloo. FLUX: a latent of 12x20 (6x10 packed tokens + 8 text tokens, 34 per
+# rank) is not the training size (16x16). Wan 2.1: 3 latent frames of 8x12 (72 video tokens, 36
+# per rank; 6 text tokens, not split) is not its training size (2 frames of 8x8). entropy-attn
+# changes every self- or joint-attention layer's scale; Wan's cross-attention keeps its own.
 LATENT = (12, 20)
 ORDERS = ["enable_first", "parallel_first"]
 MODES = ["ulysses", "ring"]
+MODELS = {"flux": "", "wan": "wan_"}  # model -> prefix of its keys in the workers' results
+
+
+def _single(make, inputs, options):
+    model = make()
+    stock = cp_harness.run_model(model, inputs)
+    handle = entropy_attn.enable(model, record_entropy=True, **options)
+    ours = cp_harness.run_model(model, inputs)
+    return {"stock": stock, "ours": ours, "rows": handle.entropy_rows()}
 
 
 @pytest.fixture(scope="module")
 def single_process():
-    """The single-process stock output, entropy-attn output and recording."""
-    inputs = cp_harness.flux_inputs(*LATENT)
-    model = cp_harness.tiny_flux()
-    stock = cp_harness.run_model(model, inputs)
-    handle = entropy_attn.enable(model, record_entropy=True, **cp_harness.FLUX_OPTIONS)
-    ours = cp_harness.run_model(model, inputs)
-    return {"stock": stock, "ours": ours, "rows": handle.entropy_rows()}
+    """Per model, the single-process stock output, entropy-attn output and recording."""
+    return {
+        "flux": _single(cp_harness.tiny_flux, cp_harness.flux_inputs(*LATENT),
+                        cp_harness.FLUX_OPTIONS),
+        "wan": _single(cp_harness.tiny_wan, cp_harness.wan_inputs(*cp_harness.WAN_SIZE),
+                       cp_harness.WAN_OPTIONS),
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -190,122 +233,126 @@ def two_processes():
     return cp_harness.run_workers(cp_harness.all_scenarios, world=2, latent=LATENT)
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("mode", MODES)
-def test_stock_context_parallel_equals_single_process(mode, single_process, two_processes):
+def test_stock_context_parallel_equals_single_process(model, mode, single_process, two_processes):
     """The harness itself: stock diffusers Ulysses/ring over gloo give the single-process output."""
     for rank, results in enumerate(two_processes):
         assert_close(
-            results[mode, "stock"], single_process["stock"], atol=1e-6, rtol=0,
-            what=f"stock {mode}, rank {rank}",
+            results[mode, MODELS[model] + "stock"], single_process[model]["stock"], atol=1e-6,
+            rtol=0, what=f"{model} stock {mode}, rank {rank}",
         )  # fmt: skip
 
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("model", MODELS)
 def test_entropy_attn_under_context_parallel_equals_single_process(
-    mode, order, single_process, two_processes
+    model, mode, order, single_process, two_processes
 ):
-    ours, stock = single_process["ours"], single_process["stock"]
+    """entropy_attn.enable on the generic path (FLUX, Wan), before or after enable_parallelism:
+    the scale of the global N, attention over every rank's keys (Wan's cross-attention local)."""
+    ours, stock = single_process[model]["ours"], single_process[model]["stock"]
     # The method changes this size's output by far more than the tolerance.
     assert (ours - stock).abs().max() > 1e-4
     for rank, results in enumerate(two_processes):
-        assert_close(results[mode, order], ours, atol=1e-6, rtol=0, what=f"{mode} {order} {rank}")
+        got = results[mode, MODELS[model] + order]
+        assert_close(got, ours, atol=1e-6, rtol=0, what=f"{model} {mode} {order} {rank}")
 
 
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("mode", MODES)
+def test_unrecorded_entropy_attn_under_context_parallel_equals_single_process(
+    model, mode, single_process, two_processes
+):
+    """Without recording: entropy-attn's op inside diffusers' templates, no entropy asked."""
+    for rank, results in enumerate(two_processes):
+        assert_close(
+            results[mode, MODELS[model] + "unrecorded"], single_process[model]["ours"],
+            atol=1e-6, rtol=0, what=f"{model} {mode} unrecorded, rank {rank}",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("mode", MODES)
 def test_users_diffusers_backend_under_context_parallel_gets_the_global_scale(
-    mode, single_process, two_processes
+    model, mode, single_process, two_processes
 ):
     """set_attention_backend("native") before enable: the calls go to diffusers' own CP template
     for that backend, with the scale from the global N."""
     for rank, results in enumerate(two_processes):
         assert_close(
-            results[mode, "user_backend"], single_process["ours"], atol=1e-6, rtol=0,
-            what=f"{mode} user backend, rank {rank}",
+            results[mode, MODELS[model] + "user_backend"], single_process[model]["ours"],
+            atol=1e-6, rtol=0, what=f"{model} {mode} user backend, rank {rank}",
         )  # fmt: skip
 
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("model", MODELS)
 def test_recorded_entropy_under_context_parallel_equals_single_process(
-    mode, order, single_process, two_processes
+    model, mode, order, single_process, two_processes
 ):
-    expected = single_process["rows"]
-    assert len(expected) == 2  # one double- and one single-stream block, one step
+    """Every row as in one process (layer, kind, query and key tokens, T, scale) and its entropy:
+    merged over key shards and averaged over the ranks; Wan's cross-attention (local keys, split
+    queries) averaged over the ranks too."""
+    expected = single_process[model]["rows"]
+    # FLUX: one double- and one single-stream block; Wan: two blocks, self and cross; one step.
+    assert len(expected) == {"flux": 2, "wan": 4}[model]
     for rank, results in enumerate(two_processes):
-        rows = results[mode, f"{order}_rows"]
+        rows = results[mode, f"{MODELS[model]}{order}_rows"]
         assert [{k: v for k, v in r.items() if k != "entropy"} for r in rows] == [
             {k: v for k, v in r.items() if k != "entropy"} for r in expected
         ]
         got = torch.tensor([r["entropy"] for r in rows], dtype=torch.float64)
         want = torch.tensor([r["entropy"] for r in expected], dtype=torch.float64)
-        assert_close(got, want, atol=1e-5, rtol=0, what=f"{mode} {order} rank {rank} entropy")
+        what = f"{model} {mode} {order} rank {rank} entropy"
+        assert_close(got, want, atol=1e-5, rtol=0, what=what)
 
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("mode", MODES)
-def test_disable_under_context_parallel_gives_stock_context_parallel(mode, order, two_processes):
-    """After disable the processors put back run diffusers' own CP (bit for bit: same code, same
-    inputs), also when enable_parallelism came after enable and never reached them."""
-    for results in two_processes:
-        assert torch.equal(results[mode, f"{order}_disabled"], results[mode, "stock"])
-
-
-# Wan 2.1 through a stand-in for the generic dispatcher path (cp_harness.GenericDispatch).
-
-
-@pytest.fixture(scope="module")
-def wan_single_process():
-    inputs = cp_harness.wan_inputs(*cp_harness.WAN_SIZE)
-    model = cp_harness.tiny_wan()
-    stock = cp_harness.run_model(model, inputs)
-    ours, rows = cp_harness.run_wan_generic(model, inputs)
-    return {"stock": stock, "ours": ours, "rows": rows}
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_wan_stock_context_parallel_equals_single_process(mode, wan_single_process, two_processes):
-    for rank, results in enumerate(two_processes):
-        assert_close(
-            results[mode, "wan_stock"], wan_single_process["stock"], atol=1e-6, rtol=0,
-            what=f"Wan stock {mode}, rank {rank}",
-        )  # fmt: skip
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_wan_generic_path_pieces_under_context_parallel_equal_single_process(
-    mode, wan_single_process, two_processes
+@pytest.mark.parametrize("model", MODELS)
+def test_disable_under_context_parallel_gives_stock_context_parallel(
+    model, mode, order, two_processes
 ):
-    """The pieces a dispatcher wrapper plugs in (global N, context_parallel_attention, cp_mean):
-    Wan's self-attention through CP, its cross-attention local, output and per-call entropy as
-    in one process."""
-    ours, stock = wan_single_process["ours"], wan_single_process["stock"]
-    assert (ours - stock).abs().max() > 1e-4  # the size is not the training size
-    want = torch.tensor(wan_single_process["rows"], dtype=torch.float64)
-    assert len(want) == 4  # two blocks, self- and cross-attention
-    for rank, results in enumerate(two_processes):
-        assert_close(results[mode, "wan_generic"], ours, atol=1e-6, rtol=0, what=f"Wan {mode}")
-        got = torch.tensor(results[mode, "wan_generic_rows"], dtype=torch.float64)
-        assert_close(got, want, atol=1e-5, rtol=0, what=f"Wan {mode} rank {rank} entropy")
+    """After disable the processors put back run diffusers' own CP (bit for bit: same code, same
+    inputs), also when enable_parallelism came after enable."""
+    prefix = MODELS[model]
+    for results in two_processes:
+        assert torch.equal(
+            results[mode, f"{prefix}{order}_disabled"], results[mode, prefix + "stock"]
+        )
 
 
 @pytest.mark.slow
 def test_unified_ring_and_ulysses_on_four_processes(single_process):
     """ring_degree=2 x ulysses_degree=2 over four gloo processes (diffusers' unified template):
-    the same equalities as above. Slow: four processes start on two cores."""
+    the same equalities as above, FLUX and Wan. Slow: four processes start on two cores."""
     results = cp_harness.run_workers(
-        cp_harness.flux_scenarios, world=4, latent=LATENT, modes=("unified",)
+        cp_harness.all_scenarios, world=4, latent=LATENT, modes=("unified",)
     )
-    expected = single_process["rows"]
-    for rank, result in enumerate(results):
-        assert_close(result["unified", "stock"], single_process["stock"], atol=1e-6, rtol=0)
-        assert_close(result["unified", "user_backend"], single_process["ours"], atol=1e-6, rtol=0)
-        for order in ORDERS:
-            what = f"unified {order}, rank {rank}"
+    for model, prefix in MODELS.items():
+        reference = single_process[model]
+        for rank, result in enumerate(results):
+            what = f"{model} unified, rank {rank}"
             assert_close(
-                result["unified", order], single_process["ours"], atol=1e-6, rtol=0, what=what
-            )
-            got = torch.tensor([r["entropy"] for r in result["unified", f"{order}_rows"]])
-            want = torch.tensor([r["entropy"] for r in expected])
-            assert_close(got, want, atol=1e-5, rtol=0, what=what + " entropy")
-            assert torch.equal(result["unified", f"{order}_disabled"], result["unified", "stock"])
+                result["unified", prefix + "stock"], reference["stock"], atol=1e-6, rtol=0,
+                what=what + " stock",
+            )  # fmt: skip
+            assert_close(
+                result["unified", prefix + "user_backend"], reference["ours"], atol=1e-6, rtol=0,
+                what=what + " user backend",
+            )  # fmt: skip
+            for order in ORDERS:
+                got = result["unified", prefix + order]
+                assert_close(got, reference["ours"], atol=1e-6, rtol=0, what=f"{what} {order}")
+                rows = result["unified", f"{prefix}{order}_rows"]
+                assert [{k: v for k, v in r.items() if k != "entropy"} for r in rows] == [
+                    {k: v for k, v in r.items() if k != "entropy"} for r in reference["rows"]
+                ]
+                got = torch.tensor([r["entropy"] for r in rows])
+                want = torch.tensor([r["entropy"] for r in reference["rows"]])
+                assert_close(got, want, atol=1e-5, rtol=0, what=f"{what} {order} entropy")
+                disabled = result["unified", f"{prefix}{order}_disabled"]
+                assert torch.equal(disabled, result["unified", prefix + "stock"])

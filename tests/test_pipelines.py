@@ -583,14 +583,6 @@ def spy_backend(name, monkeypatch) -> list:
     return scales
 
 
-@pytest.fixture(autouse=True)
-def restore_active_backend(monkeypatch):
-    """set_attention_backend also sets diffusers' process-wide active backend: undo it."""
-    monkeypatch.setattr(
-        _AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend
-    )
-
-
 def flux_with_expected_scale(model, inputs, train_tokens, monkeypatch):
     """Stock processors, PyTorch SDPA with log_scale(N, T, d) (every FLUX layer is joint or
     single-stream over image + text tokens)."""

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..integration import layer_table
+from ..families import family_of
+from ..integration import find_denoiser, layer_table, training_latent_size
 from .common import CLIError, check_multiple, parse_sizes, require
 from .models import (
     builtin_names,
@@ -38,7 +39,21 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "(configs only)",
     )
     parser.add_argument(
-        "--size", required=True, help="WIDTHxHEIGHT or S (square) in pixels, e.g. 768x512"
+        "--size",
+        default=None,
+        help="WIDTHxHEIGHT or S (square) in pixels, e.g. 768x512 (default: the training size)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="video models: frames at --size (default: the training frame count)",
+    )
+    parser.add_argument(
+        "--train-frames",
+        type=int,
+        default=None,
+        help="video models: override the training frame count",
     )
     parser.add_argument("--format", default="text", choices=("text", "markdown", "csv"))
     parser.add_argument(
@@ -57,18 +72,28 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``entropy-attn layers``; returns the exit code."""
-    size = parse_sizes([args.size], "--size")[0]
+    size = parse_sizes([args.size], "--size")[0] if args.size else None
     options = {"layers": args.layers}
     if args.train_size:
         options["train_size"] = parse_sizes([args.train_size], "--train-size")[0]
+    for option, value in (("frames", args.frames), ("train_frames", args.train_frames)):
+        if value is not None:
+            options[option] = value
     check_model_name(args.model)
-    check_multiple([size], known_vae_factor(args.model), "--size")
+    if size is not None:
+        check_multiple([size], known_vae_factor(args.model), "--size")
     require()
     model, factor = load_architecture(args.model)
+    if size is None:
+        size = _training_size(model, factor, options.get("train_size"))
     check_multiple([size], factor, "--size")
     try:
         infos = layer_table(model, size, vae_scale_factor=factor, **options)
     except NotImplementedError as error:
+        raise CLIError(f"--model {args.model!r}: {error}") from None
+    except ValueError as error:
+        if args.frames is None and args.train_frames is None:
+            raise
         raise CLIError(f"--model {args.model!r}: {error}") from None
     text = format_table(layer_rows(infos), LAYER_COLUMNS, args.format)
     if args.out:
@@ -77,3 +102,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _training_size(model, factor: int, train_size) -> tuple[int, int]:
+    """``(height, width)`` in pixels of the model's training size (the ``--size`` default)."""
+    if train_size is not None:
+        return train_size
+    denoiser = find_denoiser(model)
+    family = family_of(denoiser)
+    if family is not None:
+        height, width = family.train_size
+    else:
+        latent = training_latent_size(denoiser, None if denoiser is model else model)
+        height, width = latent[0] * factor, latent[1] * factor
+    return height, width

@@ -24,6 +24,19 @@ ARCHITECTURES: dict[str, tuple[str, str, int]] = {
     "flux1-dev": ("transformer.json", "FluxTransformer2DModel", 8),
     "pixart-alpha-512": ("transformer.json", "PixArtTransformer2DModel", 8),
     "pixart-alpha-1024": ("transformer.json", "PixArtTransformer2DModel", 8),
+    # Served by the generic dispatcher path (entropy_attn.generic); written from published
+    # facts (SOURCES.md). Training sizes and frame counts: entropy_attn.families.
+    "wan2.1-t2v-1.3b": ("transformer.json", "WanTransformer3DModel", 8),
+    "wan2.1-t2v-14b": ("transformer.json", "WanTransformer3DModel", 8),
+    "wan2.1-i2v-14b-480p": ("transformer.json", "WanTransformer3DModel", 8),
+    "wan2.2-t2v-a14b": ("transformer.json", "WanTransformer3DModel", 8),  # + transformer_2.json
+    "hunyuanvideo": ("transformer.json", "HunyuanVideoTransformer3DModel", 8),
+    "ltx-video": ("transformer.json", "LTXVideoTransformer3DModel", 32),
+    "cogvideox-5b": ("transformer.json", "CogVideoXTransformer3DModel", 8),
+    "qwen-image": ("transformer.json", "QwenImageTransformer2DModel", 8),
+    "flux2-dev": ("transformer.json", "Flux2Transformer2DModel", 8),
+    "z-image-turbo": ("transformer.json", "ZImageTransformer2DModel", 8),
+    "chroma1-hd": ("transformer.json", "ChromaTransformer2DModel", 8),
 }
 # Hub ids (or the name users know them by) of the shipped architectures, for messages and docs.
 HUB_IDS = {
@@ -35,6 +48,17 @@ HUB_IDS = {
     "flux1-dev": "black-forest-labs/FLUX.1-dev",
     "pixart-alpha-512": "PixArt-alpha/PixArt-XL-2-512x512",
     "pixart-alpha-1024": "PixArt-alpha/PixArt-XL-2-1024-MS",
+    "wan2.1-t2v-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    "wan2.1-t2v-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "wan2.1-i2v-14b-480p": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    "wan2.2-t2v-a14b": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    "hunyuanvideo": "hunyuanvideo-community/HunyuanVideo",
+    "ltx-video": "Lightricks/LTX-Video",
+    "cogvideox-5b": "THUDM/CogVideoX-5b",
+    "qwen-image": "Qwen/Qwen-Image",
+    "flux2-dev": "black-forest-labs/FLUX.2-dev",
+    "z-image-turbo": "Tongyi-MAI/Z-Image-Turbo",
+    "chroma1-hd": "lodestones/Chroma1-HD",
 }
 
 
