@@ -297,13 +297,10 @@ def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backe
     return out.transpose(1, 2)
 
 
-def _project(attn, hidden_states, encoder_hidden_states, temb):
-    """The input half shared by diffusers' ``AttnProcessor2_0`` and ``AttnProcessor``: spatial and
-    group norms, a 4-D image flattened to tokens, and the q/k/v projections.
-
-    Returns ``(residual, image_shape, query, key, value)``; ``image_shape`` is the 4-D input's
-    ``(batch, channels, height, width)``, or ``None`` for token input.
-    """
+def _tokens(attn, hidden_states, temb):
+    """Spatial and group norms, and a 4-D image flattened to tokens, as diffusers' processors
+    start: ``(residual, image_shape, tokens)``; ``image_shape`` is the 4-D input's
+    ``(batch, channels, height, width)``, or ``None`` for token input."""
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -314,6 +311,17 @@ def _project(attn, hidden_states, encoder_hidden_states, temb):
         hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
     if attn.group_norm is not None:
         hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return residual, image_shape, hidden_states
+
+
+def _project(attn, hidden_states, encoder_hidden_states, temb):
+    """The input half shared by diffusers' ``AttnProcessor2_0`` and ``AttnProcessor``: spatial and
+    group norms, a 4-D image flattened to tokens, and the q/k/v projections.
+
+    Returns ``(residual, image_shape, query, key, value)``; ``image_shape`` is the 4-D input's
+    ``(batch, channels, height, width)``, or ``None`` for token input.
+    """
+    residual, image_shape, hidden_states = _tokens(attn, hidden_states, temb)
     query = attn.to_q(hidden_states)
     if encoder_hidden_states is None:
         encoder_hidden_states = hidden_states
@@ -542,16 +550,7 @@ class EntropyJointAttnProcessor(_EntropyAttnBase):
 def _identity_attention(attn, hidden_states, temb):
     """PAG's perturbed path, as diffusers' ``PAG*IdentitySelfAttnProcessor2_0`` computes it:
     the attention map replaced by the identity, i.e. the value projection of each token."""
-    residual = hidden_states
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    image_shape = None
-    if hidden_states.ndim == 4:
-        image_shape = hidden_states.shape
-        batch_size, channel, height, width = image_shape
-        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    residual, image_shape, hidden_states = _tokens(attn, hidden_states, temb)
     return _output(attn, attn.to_v(hidden_states), residual, image_shape)
 
 
