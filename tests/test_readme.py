@@ -36,3 +36,68 @@ def test_offline_quickstart_runs_as_written():
     assert not any(
         type(p).__module__.startswith("entropy_attn") for p in pipe.unet.attn_processors.values()
     )
+
+
+DOCS = sorted((README.parent / "docs").glob("*.md"))
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _prose(text: str) -> str:
+    """The text without fenced code blocks and inline code spans (links there are not links)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def github_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a file's headings: lowercase, punctuation dropped, spaces to '-',
+    repeats numbered -1, -2, ..."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        candidate, n = slug, 0
+        while candidate in anchors:
+            n += 1
+            candidate = f"{slug}-{n}"
+        anchors.add(candidate)
+    return anchors
+
+
+def test_github_anchors_follow_githubs_rules():
+    text = "# A `code` title\n## Evaluation (the paper's Tables 1-2), on GPUs\n## A\n## A\n"
+    assert github_anchors(text) == {
+        "a-code-title",
+        "evaluation-the-papers-tables-1-2-on-gpus",
+        "a",
+        "a-1",
+    }
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: p.name)
+def test_links_resolve(page: Path):
+    """Every relative link and image of the README and docs/*.md names a file that exists, and
+    every anchor names a heading of the page it points to."""
+    targets = LINK.findall(_prose(page.read_text(encoding="utf-8")))
+    assert targets, f"{page.name} has no links"
+    broken = []
+    for target in targets:
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(f"{target}: no file {file}")
+        elif (
+            anchor
+            and file.suffix == ".md"
+            and anchor not in github_anchors(file.read_text(encoding="utf-8"))
+        ):
+            broken.append(f"{target}: no heading with anchor #{anchor} in {file.name}")
+    assert not broken, f"{page.name}: " + "; ".join(broken)
+
+
+def test_readme_is_short_and_docs_are_linked():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.encode("utf-8")) <= 15_500
+    linked = {t.partition("#")[0] for t in LINK.findall(_prose(text))}
+    assert {f"docs/{p.name}" for p in DOCS} <= linked  # every docs page is reachable
