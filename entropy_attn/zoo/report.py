@@ -67,7 +67,7 @@ def _flux_note(config: dict) -> list[str]:
         f"embedding; {config['num_layers']} double- and {config['num_single_layers']} "
         f"single-stream blocks, {config['num_attention_heads']} heads. RoPE positions run 0, 1, "
         "... past the training range at larger sizes; `entropy_attn.enable(pipe, positions=...)` "
-        "changes them (README, Position presets).",
+        "changes them (docs/usage.md, Size fixes beside the scale).",
         "",
     ]
 
