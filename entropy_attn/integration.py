@@ -442,8 +442,7 @@ def _check_plan(plan: _Plan, processors: dict) -> None:
             continue
         # Cross-attention over one text token (the digits models' label) sees N == T == 1 at
         # every image size, where the scale is the stock one; only image keys need T > 1.
-        is_cross = kind_of(plan.denoiser.get_submodule(name)) == "cross"
-        if plan.train_tokens[name] <= 1 and not is_cross:
+        if plan.train_tokens[name] <= 1 and kind_of(plan.denoiser.get_submodule(name)) != "cross":
             raise ValueError(
                 f"layer {name!r} sees {plan.train_tokens[name]} key token at the training size "
                 f"{plan.train_latent} (latent): T must be > 1; pass a larger train_size"
