@@ -51,14 +51,17 @@ def install_line(modules: list[str]) -> str:
     return f'pip install "entropy-attn[{",".join(extras)}]"'
 
 
+def needs_line(absent: list[str]) -> str:
+    """``needs a, b, which are not installed: pip install "entropy-attn[...]"``."""
+    verb = "is" if len(absent) == 1 else "are"
+    return f"needs {', '.join(absent)}, which {verb} not installed: {install_line(absent)}"
+
+
 def require(*modules: str, what: str) -> None:
     """Raise :class:`MissingExtra` (one line) if any of ``modules`` is not installed."""
     absent = missing(modules)
     if absent:
-        verb = "is" if len(absent) == 1 else "are"
-        raise MissingExtra(
-            f"{what} needs {', '.join(absent)}, which {verb} not installed: {install_line(absent)}"
-        )
+        raise MissingExtra(f"{what} {needs_line(absent)}")
 
 
 def needs(*modules: str) -> Callable:

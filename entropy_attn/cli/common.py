@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .._extras import install_line, missing
+from .._extras import missing, needs_line
 from .._quiet import quiet_library_logs
 from ..evaluation import format_size, parse_size
 
@@ -32,10 +32,7 @@ def require(modules: Sequence[str] = DIFFUSERS_MODULES) -> None:
     """Fail with the install line if an optional library the command imports is missing."""
     absent = missing(tuple(modules))
     if absent:
-        raise CLIError(
-            f"needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not "
-            f"installed: {install_line(absent)}"
-        )
+        raise CLIError(needs_line(absent))
 
 
 # ---------------------------------------------------------------------------------------------
