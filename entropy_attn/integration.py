@@ -243,6 +243,7 @@ class _Plan:
     # which of them are rescaled; None for the per-family processors.
     calls: dict | None = None
     rescale_calls: dict | None = None
+    train_latent_frames: int = 1  # video models: latent frames at the training frame count
 
 
 def _plan(
@@ -410,6 +411,7 @@ def _generic_plan(
     return _Plan(
         denoiser=denoiser,
         train_latent=latent[1:],
+        train_latent_frames=latent[0],
         factor=factor,
         text_tokens=text_tokens,
         train_tokens=train_tokens,
@@ -936,7 +938,10 @@ def enable(
     handles[0].controlnet_handles = tuple(handles[1 + len(experts) :])
     if pag is not None:
         _install_pag(pipe, handles[0], pag)
-    _install_fixes(handles[0], plans[0][0], positions, redilate, redilate_min_timestep, convs)
+    expert_plans = [plan for plan, _ in plans[1 : 1 + len(experts)]]
+    _install_fixes(
+        handles[0], plans[0][0], positions, redilate, redilate_min_timestep, convs, expert_plans
+    )
     return handles[0]
 
 
@@ -1007,17 +1012,22 @@ def _check_redilation(denoiser, redilate, min_timestep, blocks) -> dict:
     return convs
 
 
-def _install_fixes(handle, plan, positions, redilate, min_timestep, convs) -> None:
-    """Install the size fixes of one enable call on its denoiser (removed by its disable)."""
+def _install_fixes(handle, plan, positions, redilate, min_timestep, convs, experts=()) -> None:
+    """Install the size fixes of one enable call on its denoiser (removed by its disable);
+    ``experts``: the plans of Wan 2.2's second expert, which gets the same positions."""
     handle.positions, handle.redilate = positions, redilate
     denoiser = plan.denoiser
     if positions != "stock":
-        extent = _positions.train_extent(denoiser, plan.train_latent)
-        context = _positions.PositionsContext(positions, extent)
-        context.effective = lambda: handle._newest_with("positions")
-        context.scale_in_force = lambda: _scale_in_force(denoiser)
         try:
-            handle._fixes += _positions.install(denoiser, context)
+            for model_plan in (plan, *experts):
+                model = model_plan.denoiser
+                latent = (model_plan.train_latent_frames, *model_plan.train_latent)
+                context = _positions.PositionsContext(
+                    positions, _positions.train_extent(model, latent)
+                )
+                context.effective = lambda: handle._newest_with("positions")
+                context.scale_in_force = lambda model=model: _scale_in_force(model)
+                handle._fixes += _positions.install(model, context)
         except Exception:
             handle.disable()  # nothing stays changed when enable raises
             raise

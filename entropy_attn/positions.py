@@ -1,20 +1,25 @@
 """Position presets for diffusion transformers at sizes they were not trained for.
 
 ``enable(pipe, positions=...)`` with one of :data:`PRESETS`; each changes an axis only where the
-image is *longer* than at the training size along that axis (factor ``s = n / t > 1``, ``n`` the
-tokens along the axis now, ``t`` at the training size): at and below the training size every
-preset is the identity, and non-square sizes get one factor per axis.
+image (or video) is *longer* than at the training size along that axis (factor ``s = n / t > 1``,
+``n`` the tokens along the axis now, ``t`` at the training size): at and below the training size
+every preset is the identity, and each axis gets its own factor (rows, columns, and for video
+models frames).
 
-- ``"stock"``: what the model does by itself (FLUX: RoPE positions 0, 1, ... run past the
-  training range; SD3: a centre crop of its ``pos_embed_max_size`` table; PixArt: positions
-  interpolated into the training range by its ``interpolation_scale``/``base_size``).
+- ``"stock"``: what the model does by itself (RoPE backbones: positions 0, 1, ... run past the
+  training range, except CogVideoX 1.0, whose pipeline fits its positions into the training grid
+  keeping the aspect ratio; SD3: a centre crop of its ``pos_embed_max_size`` table; PixArt:
+  positions interpolated into the training range by its ``interpolation_scale``/``base_size``).
 - ``"interpolate"`` (position interpolation, Chen et al. 2023, arXiv 2306.15595): positions
   ``p -> p / s`` per axis, i.e. into the training range. RoPE: every frequency divided by ``s``.
   SD3: the training-size window of the table, resampled linearly per axis at ``i * t / n``
   (PixArt's own rule), which also works past ``pos_embed_max_size``. PixArt: its stock positions
   already are this, so the preset changes nothing there.
 - ``"ntk"`` (NTK-aware scaling, bloc97 2023, as used by I-Max and CineScale): RoPE base
-  ``theta -> theta * s ** (d / (d - 2))`` per axis (``d`` the axis's rotary dims).
+  ``theta -> theta * s ** (d / (d - 2))`` per axis (``d`` the axis's rotary dims). On any
+  geometric ladder of ``K`` frequencies this is: the ``j``-th fastest divided by
+  ``s ** (j / (K - 1))`` (the fastest kept, the slowest divided by ``s``), which is how it is
+  applied to LTX-Video's ladder (no ``theta ** (-2k/d)`` form there).
 - ``"yarn"`` (YaRN, Peng et al. 2023, arXiv 2309.00071, its LLaMA defaults alpha = 1, beta = 32):
   per frequency, with ``r = t / wavelength`` the turns it makes over the training length, keep it
   where ``r > beta``, divide it by ``s`` where ``r < alpha``, blend linearly between; and YaRN's
@@ -23,16 +28,26 @@ preset is the identity, and non-square sizes get one factor per axis.
   factor. The temperature and entropy-attn's scale are never both applied: while an enable call
   with the scale on is in force on the denoiser, the scale replaces the temperature.
 
-RoPE and SD3/PixArt presets are only defined for the backbones in :data:`ROPE_BACKBONES` and
-:data:`ABSOLUTE_BACKBONES`; another RoPE backbone whose embedder maps ``ids (L, axes)`` to FLUX's
+A RoPE preset changes the embedding *function* of an axis (its frequencies), so it applies to
+every token that carries a position on that axis: text tokens placed on the image axes (Qwen-Image
+puts them on the diagonal after the image) move with it, which keeps them just past the image.
+
+Backbones: :data:`ROPE_BACKBONES` (FLUX.1, FLUX.2, Chroma, Qwen-Image, Z-Image, Wan 2.1/2.2,
+HunyuanVideo, LTX-Video, CogVideoX 1.0/1.5 with rotary positions) and :data:`ABSOLUTE_BACKBONES`
+(SD3, PixArt). Each RoPE entry recomputes its embedder's output from the positions it was given,
+in the embedder's own layout; another backbone whose embedder maps ``ids (L, axes)`` to FLUX's
 ``(cos, sin)`` layout (``theta`` and ``axes_dim`` attributes) is one table entry.
+
+One module of about 700 lines because each backbone's hook is short and reads best next to the
+frequency math it applies and the table that registers it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,31 +61,49 @@ YARN_BETA = 32.0
 # The math: rotary frequencies of one axis under each preset
 
 
+def scaled_frequencies(
+    freqs: torch.Tensor, preset: str, factor: float, train_length: float
+) -> torch.Tensor:
+    """One axis's angular frequencies (radians per token, any order) under ``preset``.
+
+    ``factor`` is ``s = n / t`` along the axis (``<= 1``: ``freqs`` unchanged, for every preset);
+    ``train_length`` is ``t`` in tokens (YaRN's ramp counts turns over it).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    if preset == "stock" or factor <= 1.0:
+        return freqs
+    if preset == "interpolate":
+        return freqs / factor
+    if preset == "ntk":
+        count = freqs.numel()
+        if count < 2:  # one frequency: the base's 0-th power, which NTK keeps
+            return freqs
+        rank = torch.empty(count, dtype=freqs.dtype, device=freqs.device)
+        rank[torch.argsort(freqs.abs(), descending=True, stable=True)] = torch.arange(
+            count, dtype=freqs.dtype, device=freqs.device
+        )
+        return freqs * factor ** (-rank / (count - 1))
+    turns = train_length * freqs.abs() / (2 * math.pi)
+    keep = ((turns - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA)).clamp(0.0, 1.0)
+    return (1.0 - keep) * freqs / factor + keep * freqs
+
+
+def theta_frequencies(dim: int, theta: float) -> torch.Tensor:
+    """``(dim // 2,)`` float64 stock RoPE frequencies ``theta ** (-2k / dim)``."""
+    if dim % 2 or dim < 2:
+        raise ValueError(f"dim must be a positive even int, got {dim!r}")
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+
+
 def rope_frequencies(
     dim: int, theta: float, preset: str, factor: float, train_length: float
 ) -> torch.Tensor:
-    """``(dim // 2,)`` float64 angular frequencies of one RoPE axis of ``dim`` rotary dims.
-
-    ``factor`` is ``s = n / t`` along the axis (``<= 1``: the stock frequencies, for every
-    preset); ``train_length`` is ``t`` (YaRN's ramp counts turns over it).
-    """
-    if dim % 2 or dim < 2:
-        raise ValueError(f"dim must be a positive even int, got {dim!r}")
+    """``(dim // 2,)`` float64 angular frequencies of one RoPE axis of ``dim`` rotary dims
+    (base ``theta``) under ``preset``; see :func:`scaled_frequencies`."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim
-    stock = 1.0 / (theta**exponents)
-    if preset == "stock" or factor <= 1.0:
-        return stock
-    if preset == "interpolate":
-        return stock / factor
-    if preset == "ntk":
-        if dim == 2:  # d / (d - 2) is undefined; one frequency, which is the base's 0-th power
-            return stock
-        return 1.0 / ((theta * factor ** (dim / (dim - 2))) ** exponents)
-    turns = train_length * stock / (2 * math.pi)
-    keep = ((turns - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA)).clamp(0.0, 1.0)
-    return (1.0 - keep) * stock / factor + keep * stock
+    return scaled_frequencies(theta_frequencies(dim, theta), preset, factor, train_length)
 
 
 def yarn_mscale(factor: float) -> float:
@@ -91,84 +124,467 @@ def _rotary(pos: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 class PositionsContext:
-    """Shared between a handle and its hooks: the preset, the training extent per axis and
-    the questions the hooks ask at run time (is this call the newest one in force with a
-    preset; is entropy-attn's scale in force on the denoiser)."""
+    """Shared between a handle and its hooks: the preset, the training extent per axis (rows,
+    columns; video models: frames, rows, columns) and the questions the hooks ask at run time
+    (is this call the newest one in force with a preset; is entropy-attn's scale in force on the
+    denoiser)."""
 
-    def __init__(self, preset: str, train_extent: tuple[float, float]) -> None:
+    def __init__(self, preset: str, train_extent: tuple[float, ...]) -> None:
         self.preset = preset
-        self.train_extent = train_extent
+        self.train_extent = tuple(float(t) for t in train_extent)
         self.effective: Callable[[], bool] = lambda: True
         self.scale_in_force: Callable[[], bool] = lambda: False
+        # The image's extent in the denoiser forward now running, where the embedder is called
+        # once for the image and once for the text (FLUX.2, Z-Image): both calls then carry the
+        # same preset and YaRN temperature, as one call over all tokens would.
+        self.forward_extent: tuple | None = None
 
-    def factors(self, extent: tuple[float, float]) -> tuple[float, float]:
-        """``s`` per image axis (row, column); ``<= 1`` means unchanged."""
-        return tuple(float(n) / float(t) for n, t in zip(extent, self.train_extent, strict=True))
+    def factors(self, extent: tuple[float, ...]) -> tuple[float, ...]:
+        """``s`` per axis of :attr:`train_extent`; ``<= 1`` means unchanged."""
+        return tuple(float(n) / t for n, t in zip(extent, self.train_extent, strict=True))
+
+    def changes(self, extent: tuple[float, ...]) -> tuple[float, ...] | None:
+        """The factors where this call is in force and some axis is longer than at the
+        training size, else ``None`` (the stock positions stay). ``extent`` is what the
+        embedder sees; the denoiser's :attr:`forward_extent` wins where it is known."""
+        if not self.effective():
+            return None
+        factors = self.factors(self.forward_extent or extent)
+        return factors if max(factors) > 1.0 else None
+
+    def frequencies(self, stock: list[torch.Tensor], axes: dict[int, tuple]) -> list:
+        """Each embedder axis's frequencies under the preset; ``axes`` maps an axis of
+        ``stock`` to ``(index in train_extent, factor)`` (other axes keep their frequencies)."""
+        out = []
+        for axis, freqs in enumerate(stock):
+            if axis in axes:
+                index, factor = axes[axis]
+                freqs = scaled_frequencies(freqs, self.preset, factor, self.train_extent[index])
+            out.append(freqs)
+        return out
+
+    def mscale(self, factors: tuple[float, ...]) -> float:
+        """YaRN's q/k multiplier where it applies (the scale is not in force), else 1."""
+        if self.preset != "yarn" or self.scale_in_force():
+            return 1.0
+        return yarn_mscale(max(factors))
+
+
+def _axis_map(axes: tuple[int, ...], factors: tuple[float, ...]) -> dict[int, tuple]:
+    """Embedder axis -> (index in the training extent, factor)."""
+    return {axis: (index, factors[index]) for index, axis in enumerate(axes)}
+
+
+def _freqs_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type in ("mps", "npu") else torch.float64
+
+
+def _grid(extent: tuple[int, ...], device, dtype) -> list[torch.Tensor]:
+    """Flattened positions ``0 .. n - 1`` per axis of a grid (first axis slowest)."""
+    axes = [torch.arange(int(n), device=device, dtype=dtype) for n in extent]
+    return [g.reshape(-1) for g in torch.meshgrid(*axes, indexing="ij")]
+
+
+def _real_rope(positions: list, freqs: list, mscale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-axis ``(cos, sin)`` in FLUX's layout, axes concatenated, times ``mscale``."""
+    parts = [_rotary(pos, f) for pos, f in zip(positions, freqs, strict=True)]
+    cos = torch.cat([c for c, _ in parts], dim=-1)
+    sin = torch.cat([s for _, s in parts], dim=-1)
+    if mscale != 1.0:
+        cos, sin = cos * mscale, sin * mscale
+    return cos, sin
+
+
+def _complex_rope(positions: list, freqs: list, mscale: float) -> torch.Tensor:
+    """Per-axis ``exp(i p w)`` (complex64, Qwen-Image's and Z-Image's layout), times ``mscale``."""
+    angles = torch.cat(
+        [torch.outer(p.to(f.dtype), f).float() for p, f in zip(positions, freqs, strict=True)],
+        dim=-1,
+    )
+    out = torch.polar(torch.ones_like(angles), angles)
+    return out * mscale if mscale != 1.0 else out
+
+
+def _bound(module, args, kwargs) -> inspect.BoundArguments:
+    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound
+
+
+def _default_theta(module) -> float:
+    """The embedder's ``theta``, or its constructor's default where it keeps none (Wan)."""
+    theta = getattr(module, "theta", None)
+    if theta is None:
+        theta = inspect.signature(type(module).__init__).parameters["theta"].default
+    return float(theta)
 
 
 # ---------------------------------------------------------------------------------------------
-# Backbones
+# RoPE backbones: each hook recomputes its embedder's output for the preset where an axis is
+# longer than at the training size, and returns None (the output untouched) otherwise.
 
 
-def _ids_rope_hook(spec: RopeBackbone, context: PositionsContext):
-    """Forward hook on a FLUX-style embedder ``ids (L, axes) -> (cos, sin)``: recomputes the
-    output for the preset where an image axis is longer than at the training size, and returns
-    ``None`` (the output untouched) otherwise."""
+def _ids_rope(module, context: PositionsContext):
+    """FLUX.1, FLUX.2 and Chroma: ``ids (L, axes) -> (cos, sin)``, image rows and columns on id
+    axes 1 and 2 (FLUX.2's fourth axis and FLUX.1's first keep their frequencies)."""
 
     def hook(module, args, output):
-        if not context.effective():
-            return None
         ids = args[0] if args else None
         if ids is None or ids.dim() != 2:
             return None
         pos = ids.float()
-        extent = tuple(float(pos[:, axis].max()) + 1.0 for axis in spec.image_axes)
-        factors = context.factors(extent)
-        if max(factors) <= 1.0:
+        extent = tuple(float(pos[:, axis].max()) + 1.0 for axis in (1, 2))
+        factors = context.changes(extent)
+        if factors is None:
             return None
-        axis_factor = dict(zip(spec.image_axes, factors, strict=True))
-        axis_train = dict(zip(spec.image_axes, context.train_extent, strict=True))
-        freqs_dtype = torch.float32 if ids.device.type in ("mps", "npu") else torch.float64
-        cos_out, sin_out = [], []
-        for axis in range(pos.shape[-1]):
-            factor = axis_factor.get(axis, 1.0)
-            freqs = rope_frequencies(
-                int(module.axes_dim[axis]),
-                float(module.theta),
-                context.preset,
-                factor,
-                axis_train.get(axis, 1.0),
-            ).to(device=ids.device, dtype=freqs_dtype)
-            cos, sin = _rotary(pos[:, axis], freqs)
-            cos_out.append(cos)
-            sin_out.append(sin)
-        cos, sin = torch.cat(cos_out, dim=-1), torch.cat(sin_out, dim=-1)
-        if context.preset == "yarn" and not context.scale_in_force():
-            mscale = yarn_mscale(max(factors))
-            cos, sin = cos * mscale, sin * mscale
+        dtype = _freqs_dtype(ids.device)
+        stock = [
+            theta_frequencies(int(dim), float(module.theta)).to(ids.device, dtype)
+            for dim in module.axes_dim
+        ]
+        freqs = context.frequencies(stock, _axis_map((1, 2), factors))
+        positions = [pos[:, axis] for axis in range(len(stock))]
+        cos, sin = _real_rope(positions, freqs, context.mscale(factors))
         return cos.to(output[0].device), sin.to(output[1].device)
 
     return hook
 
 
+def _wan_rope(module, context: PositionsContext):
+    """Wan 2.1/2.2: ``hidden_states (B, C, F, H, W) -> (cos, sin)`` of shape ``(1, L, 1, D)``,
+    axes frames / rows / columns of ``t_dim``/``h_dim``/``w_dim`` dims."""
+
+    def hook(module, args, output):
+        frames, height, width = args[0].shape[2:]
+        p_t, p_h, p_w = module.patch_size
+        extent = (frames // p_t, height // p_h, width // p_w)
+        factors = context.changes(extent)
+        if factors is None:
+            return None
+        device = args[0].device
+        dtype = _freqs_dtype(device)
+        theta = _default_theta(module)
+        dims = (module.t_dim, module.h_dim, module.w_dim)
+        stock = [theta_frequencies(int(d), theta).to(device, dtype) for d in dims]
+        freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
+        cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+        shape = (1, cos.shape[0], 1, cos.shape[1])
+        return cos.reshape(shape).to(output[0].device), sin.reshape(shape).to(output[1].device)
+
+    return hook
+
+
+def _hunyuan_video_rope(module, context: PositionsContext):
+    """HunyuanVideo: ``hidden_states (B, C, F, H, W) -> (cos, sin)`` of shape ``(L, D)``."""
+
+    def hook(module, args, output):
+        frames, height, width = args[0].shape[2:]
+        p, p_t = module.patch_size, module.patch_size_t
+        extent = (frames // p_t, height // p, width // p)
+        factors = context.changes(extent)
+        if factors is None:
+            return None
+        device = args[0].device
+        dtype = _freqs_dtype(device)
+        theta = float(module.theta)
+        stock = [theta_frequencies(int(d), theta).to(device, dtype) for d in module.rope_dim]
+        freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
+        cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+        return cos.to(output[0].device), sin.to(output[1].device)
+
+    return hook
+
+
+def _ltx_video_rope(module, context: PositionsContext):
+    """LTX-Video: angle ``f_k (2 g - 1)`` per axis with ``f_k = (pi / 2) theta ** (k / (K - 1))``
+    and ``g`` the position in units of the base size (``rope_interpolation_scale`` x patch /
+    base, or ``video_coords / base``); the constant ``-f_k`` cancels between query and key, so
+    each ``f_k`` is an angular frequency of ``2 f_k`` x (the step of ``g`` per token). The preset
+    rescales each ``f_k`` by the ratio it applies to that per-token frequency. Layout: frequency
+    major, axes (frames, rows, columns) inner, repeated for (real, imaginary), and ``dim % 6``
+    pass-through columns first."""
+
+    def hook(module, args, kwargs, output):
+        bound = _bound(module, args, kwargs).arguments
+        hidden = bound["hidden_states"]
+        coords = bound.get("video_coords")
+        base = (module.base_num_frames, module.base_height, module.base_width)
+        if coords is None:
+            if bound.get("num_frames") is None:
+                return None
+            extent = (int(bound["num_frames"]), int(bound["height"]), int(bound["width"]))
+            grid = torch.stack(_grid(extent, hidden.device, torch.float64))  # (3, L)
+            scale = bound.get("rope_interpolation_scale")
+            if scale is not None:
+                patches = (module.patch_size_t, module.patch_size, module.patch_size)
+                step = [float(scale[i]) * patches[i] / base[i] for i in range(3)]
+            else:
+                step = [1.0, 1.0, 1.0]
+            grid = grid * torch.tensor(step, dtype=torch.float64, device=hidden.device)[:, None]
+            grid = grid[None].expand(hidden.shape[0], -1, -1)  # (B, 3, L)
+        else:
+            grid = torch.stack([coords[:, i].double() / base[i] for i in range(3)], dim=1)
+            extent = tuple(int(torch.unique(coords[0, i]).numel()) for i in range(3))
+            step = []
+            for i in range(3):
+                values = grid[0, i]
+                span = float(values.max() - values.min())
+                step.append(span / (extent[i] - 1) if extent[i] > 1 else 1.0)
+        factors = context.changes(extent)
+        if factors is None:
+            return None
+        count = module.dim // 6
+        k = torch.arange(count, dtype=torch.float64, device=hidden.device)
+        base_freqs = (math.pi / 2.0) * module.theta ** (k / max(count - 1, 1))
+        per_token = [2.0 * base_freqs * step[i] for i in range(3)]
+        scaled = context.frequencies(per_token, _axis_map((0, 1, 2), factors))
+        # (B, 3, L, K): angle of axis i, token, frequency; then frequency-major as stock.
+        angles = torch.stack(
+            [
+                (base_freqs * (new / old))[None, None, :] * (grid[:, i, :, None] * 2.0 - 1.0)
+                for i, (new, old) in enumerate(zip(scaled, per_token, strict=True))
+            ],
+            dim=1,
+        )
+        angles = angles.permute(0, 2, 3, 1).flatten(2)  # (B, L, K * 3)
+        mscale = context.mscale(factors)
+        cos = angles.cos().float().repeat_interleave(2, dim=-1)
+        sin = angles.sin().float().repeat_interleave(2, dim=-1)
+        pad = module.dim % 6
+        if pad:
+            cos = torch.cat([torch.ones_like(cos[..., :pad]), cos], dim=-1)
+            sin = torch.cat([torch.zeros_like(sin[..., :pad]), sin], dim=-1)
+        cos, sin = cos * mscale, sin * mscale
+        return cos.to(output[0].device), sin.to(output[1].device)
+
+    return hook
+
+
+def _qwen_image_rope(module, context: PositionsContext):
+    """Qwen-Image: ``(video_fhw, device, max_txt_seq_len) -> (image, text)`` complex rotations;
+    image rows and columns centred (``scale_rope``), text on the diagonal after the image."""
+
+    def hook(module, args, kwargs, output):
+        bound = _bound(module, args, kwargs).arguments
+        video_fhw = bound["video_fhw"]
+        if isinstance(video_fhw, list):  # as stock: a batch shares the first sample's shapes
+            video_fhw = video_fhw[0]
+        if not isinstance(video_fhw, list):
+            video_fhw = [video_fhw]
+        first = video_fhw[0]
+        factors = context.changes((first[1], first[2]))
+        if factors is None:
+            return None
+        device = output[0].device
+        dtype = _freqs_dtype(device)
+        stock = [
+            theta_frequencies(int(d), float(module.theta)).to(device, dtype)
+            for d in module.axes_dim
+        ]
+        freqs = context.frequencies(stock, _axis_map((1, 2), factors))
+        mscale = context.mscale(factors)
+        images, last = [], 0
+        for index, (frame, height, width) in enumerate(video_fhw):
+            positions = _grid((frame, height, width), device, dtype)
+            positions[0] = positions[0] + index
+            if module.scale_rope:
+                positions[1] = positions[1] - (height - height // 2)
+                positions[2] = positions[2] - (width - width // 2)
+                last = max(height // 2, width // 2, last)
+            else:
+                last = max(height, width, last)
+            images.append(_complex_rope(positions, freqs, mscale))
+        text = torch.arange(int(bound["max_txt_seq_len"]), device=device, dtype=dtype) + last
+        return torch.cat(images, dim=0), _complex_rope([text] * 3, freqs, mscale)
+
+    return hook
+
+
+class _ZImageRope:
+    """Stands in for Z-Image's ``rope_embedder`` (a plain object, not a module, so no hook can
+    reach it): ``ids (L, 3) -> exp(i p w)``, image rows and columns on id axes 1 and 2; what it
+    replaced answers wherever the preset changes nothing."""
+
+    def __init__(self, previous, context: PositionsContext) -> None:
+        self.previous, self.context = previous, context
+
+    def __getattr__(self, name):
+        return getattr(self.previous, name)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        extent = tuple(float(ids[:, axis].max()) + 1.0 for axis in (1, 2))
+        factors = self.context.changes(extent)
+        if factors is None:
+            return self.previous(ids)
+        dtype = _freqs_dtype(ids.device)
+        stock = [
+            theta_frequencies(int(d), float(self.previous.theta)).to(ids.device, dtype)
+            for d in self.previous.axes_dims
+        ]
+        freqs = self.context.frequencies(stock, _axis_map((1, 2), factors))
+        positions = [ids[:, axis] for axis in range(len(stock))]
+        return _complex_rope(positions, freqs, self.context.mscale(factors))
+
+
+def _cogvideox_rope(denoiser, context: PositionsContext):
+    """CogVideoX (rotary): the pipeline passes ``image_rotary_emb`` to the transformer, so a
+    pre-hook on the transformer replaces it where the preset applies, with positions ``0 ..
+    n - 1`` per axis (what its pipeline gives at the training size) under the preset, in
+    ``get_3d_rotary_pos_embed``'s layout: frames ``D / 4``, rows and columns ``3 D / 8`` dims,
+    theta 10000. A call without rotary embeddings is left alone."""
+    config = denoiser.config
+    head_dim = int(config.attention_head_dim)
+    dims = (head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)
+
+    def hook(module, args, kwargs):
+        bound = _bound(module, args, kwargs)
+        rotary = bound.arguments.get("image_rotary_emb")
+        if rotary is None:
+            return None
+        frames, _, height, width = bound.arguments["hidden_states"].shape[1:]
+        p, p_t = config.patch_size, config.patch_size_t
+        extent = ((frames + p_t - 1) // p_t if p_t else frames, height // p, width // p)
+        factors = context.changes(extent)
+        if factors is None:
+            return None
+        device = rotary[0].device
+        dtype = _freqs_dtype(device)
+        stock = [theta_frequencies(d, 10000.0).to(device, dtype) for d in dims]
+        freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
+        cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+        bound.arguments["image_rotary_emb"] = (cos.to(rotary[0].dtype), sin.to(rotary[1].dtype))
+        return bound.args, bound.kwargs
+
+    return hook
+
+
+def _on_embedder(path: str, make: Callable, with_kwargs: bool = False) -> Callable:
+    def install(denoiser, context):
+        module = _resolve(denoiser, path)
+        return [module.register_forward_hook(make(module, context), with_kwargs=with_kwargs)]
+
+    return install
+
+
+def _with_forward_extent(install: Callable, extent_of: Callable) -> Callable:
+    """``install`` plus hooks on the denoiser that set ``context.forward_extent`` from its
+    inputs for the length of each forward (``extent_of(arguments)``, ``None``: unknown)."""
+
+    def install_both(denoiser, context):
+        def before(module, args, kwargs):
+            context.forward_extent = extent_of(_bound(module, args, kwargs).arguments)
+
+        def after(module, args, output):
+            context.forward_extent = None
+
+        return [
+            denoiser.register_forward_pre_hook(before, with_kwargs=True),
+            denoiser.register_forward_hook(after, always_call=True),
+            *install(denoiser, context),
+        ]
+
+    return install_both
+
+
+def _flux2_extent(arguments) -> tuple | None:
+    ids = arguments.get("img_ids")
+    if ids is None:
+        return None
+    ids = ids[0] if ids.dim() == 3 else ids
+    return tuple(float(ids[:, axis].max()) + 1.0 for axis in (1, 2))
+
+
+def _z_image_extent(arguments) -> tuple | None:
+    images = arguments.get("x")
+    first = images[0] if isinstance(images, (list, tuple)) and images else None
+    if not isinstance(first, torch.Tensor) or first.dim() != 4:
+        return None  # omni inputs (lists per sample): the embedder's own ids decide
+    patch = int(arguments.get("patch_size") or 1)
+    return (first.shape[2] // patch, first.shape[3] // patch)
+
+
+def _install_z_image(denoiser, context):
+    previous = denoiser.rope_embedder
+    return [_AttributePatch(denoiser, "rope_embedder", _ZImageRope(previous, context))]
+
+
+def _install_cogvideox(denoiser, context):
+    hook = _cogvideox_rope(denoiser, context)
+    return [denoiser.register_forward_pre_hook(hook, with_kwargs=True)]
+
+
+def _packed(config, latent) -> tuple[float, float]:
+    """2x2 latent pixels per token (FLUX, FLUX.2, Chroma, Qwen-Image pack them)."""
+    return (latent[1] / 2, latent[2] / 2)
+
+
+def _patched_image(config, latent) -> tuple[float, float]:
+    patch = int(config["all_patch_size"][0])
+    return (latent[1] / patch, latent[2] / patch)
+
+
+def _patched_video(config, latent) -> tuple[float, float, float]:
+    patch = config["patch_size"]
+    if isinstance(patch, (tuple, list)):  # Wan: (frames, rows, columns)
+        p_t, p_h, p_w = (int(x) for x in patch)
+    else:
+        p_h = p_w = int(patch)
+        p_t = int(config.get("patch_size_t") or 1)
+    return ((latent[0] + p_t - 1) // p_t, latent[1] / p_h, latent[2] / p_w)
+
+
+def _qwen_refusal(denoiser) -> str | None:
+    name = type(denoiser.pos_embed).__name__
+    return None if name == "QwenEmbedRope" else f"its {name} has no preset registered"
+
+
+def _cogvideox_refusal(denoiser) -> str | None:
+    if not denoiser.config.get("use_rotary_positional_embeddings"):
+        return "it has no rotary positions (CogVideoX-2b's are sin-cos, computed for each size)"
+    return None
+
+
+def _no_refusal(denoiser) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class RopeBackbone:
-    """How to reach one RoPE backbone's rotary embedder.
+    """How to reach one RoPE backbone's positions.
 
-    ``embedder``: attribute path of the module on the denoiser; ``image_axes``: which id axes
-    are image rows and columns; ``tokens_per_latent``: latent pixels per token along an axis (a
-    patch or packing size), so the training extent is ``train latent / tokens_per_latent``;
-    ``hook``: builds the forward hook (default: FLUX's ``ids -> (cos, sin)``).
+    ``install(denoiser, context)`` returns removables (``.remove()``); ``train_tokens(config,
+    latent)`` gives the training extent in tokens per axis from the training latent ``(frames,
+    height, width)`` (image models: rows, columns; video models: frames, rows, columns);
+    ``refusal(denoiser)`` says why an instance has no preset (``None``: it has).
     """
 
-    embedder: str = "pos_embed"
-    image_axes: tuple[int, int] = (1, 2)
-    tokens_per_latent: int = 2
-    hook: Callable = _ids_rope_hook
+    install: Callable = field(default=_on_embedder("pos_embed", _ids_rope))
+    train_tokens: Callable = _packed
+    refusal: Callable = _no_refusal
 
 
 ROPE_BACKBONES: dict[str, RopeBackbone] = {
-    "FluxTransformer2DModel": RopeBackbone(),  # FluxPipeline packs 2x2 latent patches per token
+    "FluxTransformer2DModel": RopeBackbone(),
+    "Flux2Transformer2DModel": RopeBackbone(
+        _with_forward_extent(_on_embedder("pos_embed", _ids_rope), _flux2_extent)
+    ),
+    "ChromaTransformer2DModel": RopeBackbone(),
+    "QwenImageTransformer2DModel": RopeBackbone(
+        _on_embedder("pos_embed", _qwen_image_rope, with_kwargs=True), refusal=_qwen_refusal
+    ),
+    "ZImageTransformer2DModel": RopeBackbone(
+        _with_forward_extent(_install_z_image, _z_image_extent), _patched_image
+    ),
+    "WanTransformer3DModel": RopeBackbone(_on_embedder("rope", _wan_rope), _patched_video),
+    "HunyuanVideoTransformer3DModel": RopeBackbone(
+        _on_embedder("rope", _hunyuan_video_rope), _patched_video
+    ),
+    "LTXVideoTransformer3DModel": RopeBackbone(
+        _on_embedder("rope", _ltx_video_rope, with_kwargs=True), _patched_video
+    ),
+    "CogVideoXTransformer3DModel": RopeBackbone(
+        _install_cogvideox, _patched_video, refusal=_cogvideox_refusal
+    ),
 }
 
 
@@ -231,11 +647,16 @@ ABSOLUTE_BACKBONES: dict[str, AbsoluteBackbone] = {
 }
 
 
+def _model(denoiser: torch.nn.Module) -> torch.nn.Module:
+    return getattr(denoiser, "_orig_mod", denoiser)  # the module under torch.compile's wrapper
+
+
 def supported_presets(denoiser: torch.nn.Module) -> tuple[str, ...]:
-    """The presets besides ``"stock"`` that apply to this denoiser class."""
-    name = type(denoiser).__name__
+    """The presets besides ``"stock"`` that apply to this denoiser."""
+    model = _model(denoiser)
+    name = type(model).__name__
     if name in ROPE_BACKBONES:
-        return ROPE_PRESETS
+        return () if ROPE_BACKBONES[name].refusal(model) else ROPE_PRESETS
     if name in ABSOLUTE_BACKBONES:
         return ABSOLUTE_BACKBONES[name].presets
     return ()
@@ -247,13 +668,17 @@ def check_preset(preset, denoiser: torch.nn.Module) -> None:
         raise ValueError(f"positions must be one of {PRESETS}, got {preset!r}")
     if preset == "stock":
         return
-    supported = supported_presets(denoiser)
+    model = _model(denoiser)
+    supported = supported_presets(model)
     if preset not in supported:
-        name = type(denoiser).__name__
+        name = type(model).__name__
+        spec = ROPE_BACKBONES.get(name)
+        reason = spec.refusal(model) if spec is not None else None
+        if reason is None:
+            reason = f"it supports {supported}" if supported else "it has no position presets"
         raise ValueError(
-            f"positions={preset!r} does not apply to {name} "
-            + (f"(it supports {supported})" if supported else "(it has no position presets)")
-            + f"; RoPE backbones: {sorted(ROPE_BACKBONES)}, others: {sorted(ABSOLUTE_BACKBONES)}"
+            f"positions={preset!r} does not apply to {name} ({reason}); RoPE backbones: "
+            f"{sorted(ROPE_BACKBONES)}, others: {sorted(ABSOLUTE_BACKBONES)}"
         )
 
 
@@ -285,17 +710,16 @@ class _AttributePatch:
 
 def install(denoiser: torch.nn.Module, context: PositionsContext) -> list:
     """Install ``context.preset`` on the denoiser; returns removables (``.remove()``)."""
-    name = type(denoiser).__name__
+    model = _model(denoiser)
+    name = type(model).__name__
     if context.preset == "stock":
         return []
     if name in ROPE_BACKBONES:
-        spec = ROPE_BACKBONES[name]
-        embedder = _resolve(denoiser, spec.embedder)
-        return [embedder.register_forward_hook(spec.hook(spec, context))]
+        return ROPE_BACKBONES[name].install(model, context)
     backbone = ABSOLUTE_BACKBONES[name]
     if backbone.patch is None:
         return []
-    embedder = denoiser.pos_embed
+    embedder = model.pos_embed
     if embedder.pos_embed_max_size is None:
         raise ValueError(
             f"positions={context.preset!r}: this {name} has no pos_embed_max_size (no cropped "
@@ -307,14 +731,15 @@ def install(denoiser: torch.nn.Module, context: PositionsContext) -> list:
     ]
 
 
-def train_extent(denoiser: torch.nn.Module, train_latent: tuple[int, int]) -> tuple[float, float]:
-    """Tokens per image axis at the training size (latent / tokens per latent pixel)."""
-    name = type(denoiser).__name__
+def train_extent(denoiser: torch.nn.Module, train_latent: tuple[int, int, int]) -> tuple:
+    """Tokens per axis at the training size, from the training latent ``(frames, height,
+    width)``: rows and columns (video RoPE backbones: frames, rows and columns)."""
+    model = _model(denoiser)
+    name = type(model).__name__
     if name in ROPE_BACKBONES:
-        step = ROPE_BACKBONES[name].tokens_per_latent
-    else:
-        step = int(getattr(denoiser.config, "patch_size", 1) or 1)
-    return (train_latent[0] / step, train_latent[1] / step)
+        return tuple(ROPE_BACKBONES[name].train_tokens(dict(model.config), train_latent))
+    step = int(getattr(model.config, "patch_size", 1) or 1)
+    return (train_latent[1] / step, train_latent[2] / step)
 
 
 __all__ = [
@@ -326,7 +751,9 @@ __all__ = [
     "check_preset",
     "install",
     "rope_frequencies",
+    "scaled_frequencies",
     "supported_presets",
+    "theta_frequencies",
     "train_extent",
     "yarn_mscale",
 ]

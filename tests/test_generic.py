@@ -546,14 +546,3 @@ def test_recorded_entropy_of_a_masked_call_uses_the_mask(monkeypatch):
     for row, (masked, unmasked) in zip(rows, oracle, strict=True):
         assert abs(masked - unmasked) > 1e-3  # the mask matters here
         assert row["entropy"] == pytest.approx(masked, abs=1e-4)
-
-
-@pytest.mark.parametrize("name", ["wan-t2v", "qwen-image"])
-def test_position_presets_are_refused_where_none_is_registered(name):
-    """The generic path's RoPE backbones have no position presets yet: enable says so, naming
-    the argument, and changes nothing."""
-    model = build(name)
-    processors = dict(model.attn_processors)
-    with pytest.raises(ValueError, match="positions='interpolate' does not apply to"):
-        entropy_attn.enable(model, positions="interpolate", **train_options(model, name))
-    assert all(model.attn_processors[k] is v for k, v in processors.items())
