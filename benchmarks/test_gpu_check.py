@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_check, report
+from benchmarks import gpu_check
 from benchmarks.common import (
     AttentionCase,
     lse_attention_entropy,
     materialised_attention_entropy,
 )
+from benchmarks.report_markdown import render_markdown
+from benchmarks.report_results import load_result, shape_rows
+from benchmarks.report_targets import evaluate_targets
 from entropy_attn.reference import attention_entropy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,14 +139,14 @@ def test_result_file_builds_the_report(tmp_path: Path):
         | {"out_max_err": 1e-2, "sdpa_max_err": 4e-3, "entropy_max_err": 1e-5}
     )
     path = results.write()
-    loaded = report.load_result(path)
-    (row,) = report.shape_rows(loaded)
+    loaded = load_result(path)
+    (row,) = shape_rows(loaded)
     assert row.lse is not None and row.materialise is not None
     assert row.lse_speedup == pytest.approx(2.0) and row.fused_speedup == pytest.approx(40.0)
-    targets = {t.name: t for t in report.evaluate_targets(loaded)}
+    targets = {t.name: t for t in evaluate_targets(loaded)}
     lse_target = targets["fused vs the LSE identity with stock SDPA"]
     assert lse_target.status == "met" and lse_target.worst.ratio == pytest.approx(2.0)
-    markdown = report.render_markdown(loaded)
+    markdown = render_markdown(loaded)
     assert "## Fused vs the LSE identity (stock SDPA)" in markdown
     lse_row = next(line for line in markdown.splitlines() if "| CUDNN_ATTENTION |" in line)
     assert "| 2.00x |" in lse_row and lse_row.endswith("| met |")
