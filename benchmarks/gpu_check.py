@@ -1,5 +1,11 @@
 """One GPU command: parity, kernel speed, entropy baselines, host cost and a UNet step in ~6 min.
 
+One file because it is the one script the lead copies to a GPU machine and runs as it is
+(``python3 benchmarks/gpu_check.py --out DIR``): its stages share the deadline, the result
+writer and the CUDA timer defined here; torch, diffusers, ``entropy_attn`` and the shapes,
+baselines and report of ``benchmarks/`` are imported inside the functions that use them, after
+``install_wheels`` has put ``.site/`` on the path.
+
 Usage, from the repository root of a checkout (installed or not)::
 
     python3 benchmarks/gpu_check.py                 # everything, deadline 330 s
@@ -554,56 +560,95 @@ def stage_host(ctx: Context) -> None:
         ctx.results.benchmark(f"host-{name}", "host cost per call", times, calls, info)
 
 
-def stage_unet(ctx: Context) -> None:
-    import torch
-
+def diffusers_missing(ctx: Context, stage: str) -> bool:
+    """``True`` (and the stage recorded as skipped) when diffusers does not import."""
     try:
         import diffusers  # noqa: F401
     except ImportError as error:
-        ctx.results.skip("unet", f"diffusers does not import: {error!r}")
-        return
-    import entropy_attn
-    from benchmarks.common import unet_inputs
-    from entropy_attn.configs import build_denoiser, load_unet_config
+        ctx.results.skip(stage, f"diffusers does not import: {error!r}")
+        return True
+    return False
 
-    ctx.deadline.require(30.0, "building the SD-2.1-base UNet")
-    unet = build_denoiser("sd21-base", device=ctx.device, dtype=torch.float16)
-    inputs = unet_inputs(load_unet_config("sd21-base"), 64, torch.float16, ctx.device)
+
+def time_unet_mode(
+    ctx: Context,
+    unet,
+    inputs: dict,
+    model: str,
+    image_size: int,
+    mode: str,
+    enable_kwargs: dict | None,
+    warmup: int,
+    **timing,
+) -> None:
+    """One UNet step in one mode, timed and recorded as ``unet-<model>-<size>px-<mode>``.
+
+    ``enable(unet, **enable_kwargs)`` first unless ``enable_kwargs`` is ``None`` (stock), then
+    ``warmup`` untimed steps and ``cuda_times(step, **timing)``; ``disable`` afterwards, checked to
+    put back the very same processor objects."""
+    import torch
+
+    import entropy_attn
+
     stock = dict(unet.attn_processors)
 
     @torch.inference_mode()
     def step():
         return unet(**inputs, return_dict=False)[0]
 
-    for mode in ("stock", "enable", "enable-record-entropy", "stock-again"):
+    recording = bool(enable_kwargs and enable_kwargs.get("record_entropy"))
+    handle = None if enable_kwargs is None else entropy_attn.enable(unet, **enable_kwargs)
+    try:
+        for _ in range(warmup):
+            step()
+        times, iterations = cuda_times(step, **timing)
+        records = len(handle.entropy_rows()) if recording else None
+    finally:
+        if handle is not None:
+            entropy_attn.disable(unet)
+    restored = unet.attn_processors
+    assert all(restored[k] is v for k, v in stock.items()), "disable did not restore"
+    info = {
+        "device": ctx.device,
+        "dtype": "float16",
+        "impl": "unet",
+        "variant": mode,
+        "entropy": recording,
+        "baseline": f"UNet2DConditionModel step, {mode}",
+        "model": model,
+        "image_size": image_size,
+        "latent_size": inputs["sample"].shape[-1],
+        "batch": inputs["sample"].shape[0],
+        "entropy_records": records,
+    }
+    name = f"unet-{model}-{image_size}px-{mode}"
+    ctx.results.benchmark(name, "unet", times, iterations, info)
+
+
+UNET_STAGE_MODES = {
+    "stock": None,
+    "enable": {},
+    "enable-record-entropy": {"record_entropy": True},
+    "stock-again": None,
+}
+
+
+def stage_unet(ctx: Context) -> None:
+    import torch
+
+    if diffusers_missing(ctx, "unet"):
+        return
+    from benchmarks.common import unet_inputs
+    from entropy_attn.configs import build_denoiser, load_unet_config
+
+    ctx.deadline.require(30.0, "building the SD-2.1-base UNet")
+    unet = build_denoiser("sd21-base", device=ctx.device, dtype=torch.float16)
+    inputs = unet_inputs(load_unet_config("sd21-base"), 64, torch.float16, ctx.device)
+    for mode, enable_kwargs in UNET_STAGE_MODES.items():
         ctx.deadline.require(10.0, f"UNet step {mode}")
-        handle = None
-        if mode.startswith("enable"):
-            handle = entropy_attn.enable(unet, record_entropy=mode == "enable-record-entropy")
-        try:
-            for _ in range(3):
-                step()
-            times, iterations = cuda_times(step, budget_s=1.5, round_s=0.0)
-            records = len(handle.entropy_rows()) if mode == "enable-record-entropy" else None
-        finally:
-            if handle is not None:
-                entropy_attn.disable(unet)
-        restored = unet.attn_processors
-        assert all(restored[k] is v for k, v in stock.items()), "disable did not restore"
-        info = {
-            "device": ctx.device,
-            "dtype": "float16",
-            "impl": "unet",
-            "variant": mode,
-            "entropy": mode == "enable-record-entropy",
-            "baseline": f"UNet2DConditionModel step, {mode}",
-            "model": "sd21-base",
-            "image_size": 512,
-            "latent_size": 64,
-            "batch": 2,
-            "entropy_records": records,
-        }
-        ctx.results.benchmark(f"unet-sd21-base-512px-{mode}", "unet", times, iterations, info)
+        time_unet_mode(
+            ctx, unet, inputs, "sd21-base", 512, mode, enable_kwargs, 3, budget_s=1.5, round_s=0.0
+        )
 
 
 LARGE_UNETS = {"sd21-base": (768, 1536), "sdxl-base": (768, 1536)}
@@ -640,55 +685,26 @@ def stage_unet_large(ctx: Context) -> None:
     everywhere (``enable(backend="triton")``) and ``enable()`` (``backend="auto"``)."""
     import torch
 
-    try:
-        import diffusers  # noqa: F401
-    except ImportError as error:
-        ctx.results.skip("unet-large", f"diffusers does not import: {error!r}")
+    if diffusers_missing(ctx, "unet-large"):
         return
-    import entropy_attn
     from entropy_attn.configs import build_denoiser
 
     for model, sizes in LARGE_UNETS.items():
         ctx.deadline.require(40.0, f"building the {model} UNet and a step")
         unet = build_denoiser(model, device=ctx.device, dtype=torch.float16)
-        stock = dict(unet.attn_processors)
         for image_size in sizes:
             inputs = large_unet_inputs(model, image_size, ctx.device)
-
-            @torch.inference_mode()
-            def step(inputs=inputs, unet=unet):
-                return unet(**inputs, return_dict=False)[0]
-
             for mode in LARGE_UNET_MODES:
                 ctx.deadline.require(8.0 if image_size < 1024 else 15.0, f"{model} {mode}")
-                if mode != "stock":
-                    backend = mode.removeprefix("enable-")
-                    entropy_attn.enable(unet, backend=backend)
-                try:
-                    for _ in range(2):
-                        step()
-                    times, iterations = cuda_times(step, budget_s=0.0, round_s=0.0, min_rounds=5)
-                finally:
-                    if mode != "stock":
-                        entropy_attn.disable(unet)
-                restored = unet.attn_processors
-                assert all(restored[k] is v for k, v in stock.items()), "disable did not restore"
-                info = {
-                    "device": ctx.device,
-                    "dtype": "float16",
-                    "impl": "unet",
-                    "variant": mode,
-                    "entropy": False,
-                    "baseline": f"UNet2DConditionModel step, {mode}",
-                    "model": model,
-                    "image_size": image_size,
-                    "latent_size": inputs["sample"].shape[-1],
-                    "batch": inputs["sample"].shape[0],
-                }
-                name = f"unet-{model}-{image_size}px-{mode}"
-                ctx.results.benchmark(name, "unet", times, iterations, info)
+                enable_kwargs = (
+                    None if mode == "stock" else {"backend": mode.removeprefix("enable-")}
+                )
+                time_unet_mode(
+                    ctx, unet, inputs, model, image_size, mode, enable_kwargs, 2,
+                    budget_s=0.0, round_s=0.0, min_rounds=5,
+                )  # fmt: skip
             del inputs
-        del unet, stock
+        del unet
         torch.cuda.empty_cache()
 
 

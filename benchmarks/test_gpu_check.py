@@ -265,3 +265,44 @@ def test_unet_large_markdown_gives_each_mode_against_stock(tmp_path: Path):
         "| sdxl-base | 1536 | 200.00 | 190.00 | 0.950 | 188.00 | 0.940 |",
     ]
     assert gpu_check.unet_large_markdown([]) == ""
+
+
+def test_time_unet_mode_records_each_mode_and_puts_the_processors_back(tmp_path, monkeypatch):
+    """The one builder of both UNet stages' records, on a tiny CPU UNet (CUDA timing replaced by
+    a counter): each mode's name and fields, entropy rows only when recording, and the very same
+    processor objects back after every mode."""
+    diffusers = pytest.importorskip("diffusers")
+    from benchmarks.common import unet_inputs
+    from benchmarks.test_bench_unet_cpu import TINY_UNET_CONFIG
+
+    steps = []
+
+    def fake_cuda_times(fn, **timing):
+        steps.append(timing)
+        fn()
+        return [3e-3, 1e-3, 2e-3], 1
+
+    monkeypatch.setattr(gpu_check, "cuda_times", fake_cuda_times)
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel.from_config(TINY_UNET_CONFIG).eval()
+    before = dict(unet.attn_processors)
+    inputs = unet_inputs(TINY_UNET_CONFIG, 16, torch.float32, "cpu")
+    ctx = _context(tmp_path, FakeClock())
+    for mode, enable_kwargs in gpu_check.UNET_STAGE_MODES.items():
+        gpu_check.time_unet_mode(
+            ctx, unet, inputs, "tiny", 128, mode, enable_kwargs, 1, budget_s=0.0, round_s=0.0
+        )
+        assert all(unet.attn_processors[k] is v for k, v in before.items()), mode
+    assert steps == [{"budget_s": 0.0, "round_s": 0.0}] * 4
+    by_name = {b["name"]: b for b in ctx.results.benchmarks}
+    modes = list(gpu_check.UNET_STAGE_MODES)
+    assert list(by_name) == [f"unet-tiny-128px-{mode}" for mode in modes]
+    for mode in modes:
+        entry = by_name[f"unet-tiny-128px-{mode}"]
+        info = entry["extra_info"]
+        assert entry["stats"]["median"] == 2e-3 and entry["group"] == "unet"
+        assert (info["variant"], info["latent_size"], info["batch"]) == (mode, 16, 2)
+        recording = mode == "enable-record-entropy"
+        assert info["entropy"] is recording
+        # One row per attention layer (8, self and cross) per call: a warm-up and a timed step.
+        assert info["entropy_records"] == (2 * len(before) if recording else None)
