@@ -765,75 +765,6 @@ def hard_deadline(deadline: Deadline, grace_s: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def auto_markdown(records: list[dict]) -> str:
-    """The ``auto`` stage's table: per shape, the decision, the two times it was made from, and
-    the measured cost of ``attention(backend="auto")`` over a bare SDPA call."""
-    if not records:
-        return ""
-
-    def us(seconds):
-        return "—" if seconds is None else f"{seconds * 1e6:.1f}"
-
-    lines = [
-        "## backend='auto' (entropy_attn.autoselect)",
-        "",
-        "Decision per shape (fp16, the kernel kept only when >= 2% faster than SDPA), the two"
-        " times it was made from (µs, CUDA-event medians), and `attention(backend='auto')` timed"
-        " afterwards against a bare SDPA call (`auto/SDPA`; <= 1 means auto did not lose).",
-        "",
-        "| case | key | chose | kernel µs | SDPA µs | auto call µs | SDPA call µs | auto/SDPA |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        chose = str(r.get("backend")) + (" (cached)" if r.get("cached") else "")
-        if r.get("env_override"):
-            chose += f" (ENTROPY_ATTN_BACKEND={r['env_override']})"
-        lines.append(
-            f"| {r['case']} | {r['key']} | {chose} | {us(r.get('fused_s'))}"
-            f" | {us(r.get('sdpa_s'))} | {us(r['auto_call_s'])} | {us(r['sdpa_call_s'])}"
-            f" | {r['auto_over_sdpa']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def unet_large_markdown(benchmarks: list[dict]) -> str:
-    """The ``unet-large`` stage's table: per model and size, the stock step and ours
-    (``enable(backend="triton")``) and ``enable()`` (auto), with their ratios to stock."""
-    steps: dict[tuple, dict[str, float]] = {}
-    for entry in benchmarks:
-        info = entry["extra_info"]
-        if info.get("impl") == "unet" and info.get("variant") in LARGE_UNET_MODES:
-            key = (info["model"], info["image_size"])
-            if info["image_size"] in LARGE_UNETS.get(info["model"], ()):
-                steps.setdefault(key, {})[info["variant"]] = entry["stats"]["median"]
-    if not steps:
-        return ""
-    lines = [
-        "## UNet step at 768 and 1536 px: ours vs stock SDPA",
-        "",
-        "fp16, batch 2, random weights; median of 5 CUDA-event timed steps after 2 warm-up"
-        " steps; `enable(backend='triton')` runs our kernel in every self- and cross-attention,"
-        " `enable()` lets `backend='auto'` choose per shape.",
-        "",
-        "| model | px | stock ms | triton ms | triton/stock | auto ms | auto/stock |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for (model, size), modes in sorted(steps.items()):
-        stock = modes.get("stock")
-
-        def ms(mode, modes=modes):
-            return "—" if mode not in modes else f"{modes[mode] * 1e3:.2f}"
-
-        def ratio(mode, modes=modes, stock=stock):
-            return "—" if mode not in modes or not stock else f"{modes[mode] / stock:.3f}"
-
-        lines.append(
-            f"| {model} | {size} | {ms('stock')} | {ms('enable-triton')}"
-            f" | {ratio('enable-triton')} | {ms('enable-auto')} | {ratio('enable-auto')} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds in all")
@@ -883,10 +814,6 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import report
 
         report.main([str(path)])
-        extra = auto_markdown(results.auto) + unet_large_markdown(results.benchmarks)
-        if extra:
-            with path.with_suffix(".md").open("a", encoding="utf-8") as handle:
-                handle.write("\n" + extra)
     failed = [p for p in results.parity if not p["ok"]]
     return 1 if failed else 0
 

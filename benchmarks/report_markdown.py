@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from benchmarks.report_attention import entropy_lines, fused_lines, kernel_lines, lse_lines
 from benchmarks.report_format import fmt_mib, fmt_ratio, fmt_time, mark, markdown_table
+from benchmarks.report_gpu_check import gpu_check_lines
 from benchmarks.report_results import ResultFile, UnetRow, shape_rows, unet_rows
 from benchmarks.report_targets import Target, evaluate_targets, host_entries, is_sd21_768
 
@@ -192,7 +193,7 @@ def render_markdown(result: ResultFile, plot_name: str | None = None) -> str:
             *_unet_lines(generation),
             "",
         ]
-    lines += _gpu_check_lines(result)
+    lines += gpu_check_lines(result)
     if plot_name:
         lines += ["## TFLOP/s vs N", "", f"![TFLOP/s vs N per head dim]({plot_name})", ""]
     if result.skipped:
@@ -203,45 +204,6 @@ def render_markdown(result: ResultFile, plot_name: str | None = None) -> str:
             "",
         ]
     return "\n".join(lines)
-
-
-def _gpu_check_lines(result: ResultFile) -> list[str]:
-    """Parity against fp64 and host cost per call, as ``benchmarks/gpu_check.py`` records them."""
-    lines = []
-    if result.parity:
-        header = ["dtype", "B, H, Lq, Lk, D", "layout", "out err", "SDPA err", "entropy err", "ok"]
-        table = [
-            [
-                str(p.get("dtype")),
-                ", ".join(map(str, p.get("shape", []))),
-                str(p.get("layout")),
-                f"{p.get('out_max_err', float('nan')):.2e}",
-                f"{p.get('sdpa_max_err', float('nan')):.2e}",
-                f"{p.get('entropy_max_err', float('nan')):.2e}",
-                mark(bool(p.get("ok"))),
-            ]
-            for p in result.parity
-        ]
-        lines += [
-            "## Parity against fp64",
-            "",
-            "Output within 2 x SDPA's own error + 1 ulp; entropy within 5e-5 + 2e-5 |H| nats.",
-            "",
-            *markdown_table(header, table),
-            "",
-        ]
-    host = [e for e in result.entries if e.get("impl") == "host-cost"]
-    if host:
-        table = [
-            [str(e.get("variant")), f"{e.median_s * 1e6:.1f} us", e.get("baseline")] for e in host
-        ]
-        lines += [
-            "## Host cost per call",
-            "",
-            *markdown_table(["call", "median per call", "how"], table),
-            "",
-        ]
-    return lines
 
 
 def _host_lines(result: ResultFile) -> list[str]:

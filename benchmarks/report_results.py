@@ -73,6 +73,7 @@ class ResultFile:
     skipped: list[dict[str, str]]
     datetime: str | None
     parity: list[dict[str, Any]] = field(default_factory=list)  # benchmarks/gpu_check.py
+    auto: list[dict[str, Any]] = field(default_factory=list)  # gpu_check.py's auto stage
 
     @property
     def device_name(self) -> str:
@@ -104,6 +105,7 @@ def load_result(path: str | Path) -> ResultFile:
         skipped=list(data.get("skipped") or []),
         datetime=data.get("datetime"),
         parity=list(data.get("parity") or []),
+        auto=list(data.get("auto") or []),
     )
 
 

@@ -227,46 +227,6 @@ def test_the_stages_in_order_and_their_minimum_times():
     assert sum(gpu_check.STAGE_MIN_S.values()) <= gpu_check.DEFAULT_BUDGET_S
 
 
-def test_auto_markdown_lists_each_decision_and_its_times():
-    records = [
-        {"case": "sd21-512-l0", "key": "float16-d64-blhd-q4096-k4096", "backend": "triton"}
-        | {"fused_s": 100e-6, "sdpa_s": 120e-6, "cached": False, "env_override": None}
-        | {"auto_call_s": 101e-6, "sdpa_call_s": 121e-6, "auto_over_sdpa": 101 / 121},
-        {"case": "cross", "key": "float16-d64-blhd-q4096-k128", "backend": "torch"}
-        | {"fused_s": 30e-6, "sdpa_s": 25e-6, "cached": True, "env_override": None}
-        | {"auto_call_s": 25.5e-6, "sdpa_call_s": 25e-6, "auto_over_sdpa": 1.02},
-    ]
-    rows = [line for line in gpu_check.auto_markdown(records).splitlines() if "| float16" in line]
-    assert rows[0] == (
-        "| sd21-512-l0 | float16-d64-blhd-q4096-k4096 | triton | 100.0 | 120.0 | 101.0 | 121.0"
-        " | 0.835 |"
-    )
-    assert "| torch (cached) | 30.0 | 25.0 | 25.5 | 25.0 | 1.020 |" in rows[1]
-    assert gpu_check.auto_markdown([]) == ""
-
-
-def test_unet_large_markdown_gives_each_mode_against_stock(tmp_path: Path):
-    results = gpu_check.Results(tmp_path, "synthetic")
-    for model, size, mode, seconds in [
-        ("sdxl-base", 1536, "stock", 0.200),
-        ("sdxl-base", 1536, "enable-triton", 0.190),
-        ("sdxl-base", 1536, "enable-auto", 0.188),
-        ("sd21-base", 768, "stock", 0.050),
-        ("sd21-base", 768, "enable-triton", 0.055),
-        ("sd21-base", 512, "stock", 0.030),  # the 512 px stage: not in this table
-    ]:
-        info = {"device": "cuda", "impl": "unet", "variant": mode, "model": model}
-        info["image_size"] = size
-        results.benchmark(f"unet-{model}-{size}-{mode}", "unet", [seconds] * 5, 1, info)
-    lines = gpu_check.unet_large_markdown(results.benchmarks).splitlines()
-    rows = [line for line in lines if line.startswith("| sd")]
-    assert rows == [
-        "| sd21-base | 768 | 50.00 | 55.00 | 1.100 | — | — |",
-        "| sdxl-base | 1536 | 200.00 | 190.00 | 0.950 | 188.00 | 0.940 |",
-    ]
-    assert gpu_check.unet_large_markdown([]) == ""
-
-
 def test_time_unet_mode_records_each_mode_and_puts_the_processors_back(tmp_path, monkeypatch):
     """The one builder of both UNet stages' records, on a tiny CPU UNet (CUDA timing replaced by
     a counter): each mode's name and fields, entropy rows only when recording, and the very same
