@@ -24,7 +24,7 @@ no CUDA device or when the deadline leaves less than the time it needs):
   within 5e-5 + 2e-5 |H| nats (the rules of tests/test_kernel.py);
 * ``kernel``: fp16 at eight SD and DiT shapes: the kernel with entropy off and on, SDPA forced
   onto FLASH, cuDNN and EFFICIENT, and the two entropy baselines: the LSE identity with stock SDPA
-  (``benchmarks.common.lse_attention_entropy``) and the materialising PyTorch entropy;
+  (``benchmarks.baselines.lse_attention_entropy``) and the materialising PyTorch entropy;
 * ``auto``: ``backend="auto"``'s decision at each of those shapes (``entropy_attn.autoselect``,
   timed afresh: its cache goes to ``<out>/autoselect-cache``) with the kernel's and SDPA's time
   as it measured them, then ``attention(backend="auto")`` timed against a bare SDPA call;
@@ -316,8 +316,8 @@ def stage_parity(ctx: Context) -> None:
 
 
 def kernel_cases():
-    """About eight SD and DiT self/cross-attention shapes (``benchmarks.common`` cases)."""
-    from benchmarks.common import dit_cases, sd_cases
+    """About eight SD and DiT self/cross-attention shapes (``benchmarks.cases``)."""
+    from benchmarks.cases import dit_cases, sd_cases
 
     sd21 = {(c.image_size, c.level): c for c in sd_cases("sd21", "self")}
     sd1x = {(c.image_size, c.level): c for c in sd_cases("sd1x", "self")}
@@ -351,14 +351,12 @@ def _bench_case(ctx: Context, case, dtype) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import entropy_attn
-    from benchmarks.common import (
-        group_name,
+    from benchmarks.baselines import (
         lse_attention_entropy,
-        make_qkv,
         materialised_attention_entropy,
         materialised_bytes,
-        output_bytes,
     )
+    from benchmarks.cases import group_name, make_qkv, output_bytes
     from entropy_attn.reference import attention_entropy
 
     query, key, value = make_qkv(case, dtype, ctx.device)
@@ -470,7 +468,7 @@ def _auto_case(ctx: Context, selector, case) -> None:
     import torch.nn.functional as F
 
     import entropy_attn
-    from benchmarks.common import group_name, make_qkv
+    from benchmarks.cases import group_name, make_qkv
     from entropy_attn import autoselect
 
     query, key, value = make_qkv(case, torch.float16, ctx.device)
@@ -638,7 +636,7 @@ def stage_unet(ctx: Context) -> None:
 
     if diffusers_missing(ctx, "unet"):
         return
-    from benchmarks.common import unet_inputs
+    from benchmarks.unet_modes import unet_inputs
     from entropy_attn.configs import build_denoiser, load_unet_config
 
     ctx.deadline.require(30.0, "building the SD-2.1-base UNet")
@@ -659,7 +657,7 @@ def large_unet_inputs(name: str, image_size: int, device: str) -> dict:
     """fp16 inputs of one guided step at ``image_size`` px, SDXL's added conditions included."""
     import torch
 
-    from benchmarks.common import unet_inputs
+    from benchmarks.unet_modes import unet_inputs
     from entropy_attn.configs import load_unet_config, vae_scale_factor
 
     config = load_unet_config(name)

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 import entropy_attn
-from benchmarks.common import AttentionCase, TimingPlan, record, timed_rounds, warm_up
+from benchmarks.cases import AttentionCase
+from benchmarks.timing import TimingPlan, record, timed_rounds, warm_up
 
 pytestmark = [
     pytest.mark.cpu_bench,

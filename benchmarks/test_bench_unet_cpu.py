@@ -24,7 +24,7 @@ import time
 import pytest
 import torch
 
-from benchmarks.common import (
+from benchmarks.unet_modes import (
     UNET_MODES,
     record_mode,
     run_generation_mode,

@@ -15,11 +15,8 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from benchmarks.common import (
-    AttentionCase,
-    lse_attention_entropy,
-    materialised_attention_entropy,
-)
+from benchmarks.baselines import lse_attention_entropy, materialised_attention_entropy
+from benchmarks.cases import AttentionCase
 from benchmarks.report_markdown import render_markdown
 from benchmarks.report_results import load_result, shape_rows
 from benchmarks.report_targets import evaluate_targets
@@ -232,8 +229,8 @@ def test_time_unet_mode_records_each_mode_and_puts_the_processors_back(tmp_path,
     a counter): each mode's name and fields, entropy rows only when recording, and the very same
     processor objects back after every mode."""
     diffusers = pytest.importorskip("diffusers")
-    from benchmarks.common import unet_inputs
     from benchmarks.test_bench_unet_cpu import TINY_UNET_CONFIG
+    from benchmarks.unet_modes import unet_inputs
 
     steps = []
 
