@@ -229,8 +229,7 @@ def test_time_unet_mode_records_each_mode_and_puts_the_processors_back(tmp_path,
     a counter): each mode's name and fields, entropy rows only when recording, and the very same
     processor objects back after every mode."""
     diffusers = pytest.importorskip("diffusers")
-    from benchmarks.test_bench_unet_cpu import TINY_UNET_CONFIG
-    from benchmarks.unet_modes import unet_inputs
+    from benchmarks.unet_modes import TINY_UNET_CONFIG, unet_inputs
 
     steps = []
 

@@ -23,6 +23,20 @@ from benchmarks.timing import (
 )
 
 UNET_MODES = ("stock", "enable", "enable-record-entropy")
+# The CPU suite's tiny UNet: two resolution levels with self- and cross-attention at the first,
+# plus the mid block's.
+TINY_UNET_CONFIG = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
 
 
 def unet_inputs(
