@@ -24,18 +24,22 @@ def fmt_ratio(ratio: float | None) -> str:
 
 
 def fmt_tflops(value: float | None) -> str:
+    """Three significant digits, ``—`` for none."""
     return "—" if value is None else f"{value:.3g}"
 
 
 def fmt_mib(value: int | float | None) -> str:
+    """Bytes as MiB with one decimal, ``—`` for none."""
     return "—" if value is None else f"{value / MIB:.1f}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines; ``|`` inside a cell is escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
 
 
 def mark(ok: bool) -> str:
+    """``met`` or ``not met``."""
     return "met" if ok else "not met"

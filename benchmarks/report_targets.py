@@ -67,6 +67,7 @@ class Target:
 
 
 def in_kernel_scope(e: Entry) -> bool:
+    """The kernel-speed scope: MIN_TOKENS <= Lq <= MAX_TOKENS, self-attention or text keys."""
     seq_q, seq_k = e.get("seq_q") or 0, e.get("seq_k") or 0
     in_range = MIN_TOKENS <= seq_q <= MAX_TOKENS
     return in_range and seq_k in (seq_q, TEXT_TOKENS)
@@ -81,6 +82,7 @@ def fused_in_scope(row: ShapeRow) -> bool:
 
 
 def is_sd21_768(row: UnetRow) -> bool:
+    """The UNet-step target's row: one CUDA step of SD-2.1-base at 768 px."""
     return (
         row.impl == "unet"
         and row.device == "cuda"
@@ -90,6 +92,7 @@ def is_sd21_768(row: UnetRow) -> bool:
 
 
 def is_cuda_kernel(row: ShapeRow) -> bool:
+    """A row of our Triton kernel timed on CUDA (the CUDA targets count only these)."""
     return row.sample.get("device") == "cuda" and row.candidate_variant == "triton"
 
 
