@@ -16,8 +16,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from benchmarks.common import TimingPlan  # noqa: E402
 from benchmarks.environment import collect_environment  # noqa: E402
+from benchmarks.timing import TimingPlan  # noqa: E402
 
 # Skips (with reasons) seen in this session, e.g. an SDPA backend that refused a shape; written
 # into the result file so that a missing row can be explained from the file alone.

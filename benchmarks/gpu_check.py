@@ -1,5 +1,11 @@
 """One GPU command: parity, kernel speed, entropy baselines, host cost and a UNet step in ~6 min.
 
+One file because it is the one script the lead copies to a GPU machine and runs as it is
+(``python3 benchmarks/gpu_check.py --out DIR``): its stages share the deadline, the result
+writer and the CUDA timer defined here; torch, diffusers, ``entropy_attn`` and the shapes,
+baselines and report of ``benchmarks/`` are imported inside the functions that use them, after
+``install_wheels`` has put ``.site/`` on the path.
+
 Usage, from the repository root of a checkout (installed or not)::
 
     python3 benchmarks/gpu_check.py                 # everything, deadline 330 s
@@ -18,7 +24,7 @@ no CUDA device or when the deadline leaves less than the time it needs):
   within 5e-5 + 2e-5 |H| nats (the rules of tests/test_kernel.py);
 * ``kernel``: fp16 at eight SD and DiT shapes: the kernel with entropy off and on, SDPA forced
   onto FLASH, cuDNN and EFFICIENT, and the two entropy baselines: the LSE identity with stock SDPA
-  (``benchmarks.common.lse_attention_entropy``) and the materialising PyTorch entropy;
+  (``benchmarks.baselines.lse_attention_entropy``) and the materialising PyTorch entropy;
 * ``auto``: ``backend="auto"``'s decision at each of those shapes (``entropy_attn.autoselect``,
   timed afresh: its cache goes to ``<out>/autoselect-cache``) with the kernel's and SDPA's time
   as it measured them, then ``attention(backend="auto")`` timed against a bare SDPA call;
@@ -310,8 +316,8 @@ def stage_parity(ctx: Context) -> None:
 
 
 def kernel_cases():
-    """About eight SD and DiT self/cross-attention shapes (``benchmarks.common`` cases)."""
-    from benchmarks.common import dit_cases, sd_cases
+    """About eight SD and DiT self/cross-attention shapes (``benchmarks.cases``)."""
+    from benchmarks.cases import dit_cases, sd_cases
 
     sd21 = {(c.image_size, c.level): c for c in sd_cases("sd21", "self")}
     sd1x = {(c.image_size, c.level): c for c in sd_cases("sd1x", "self")}
@@ -345,14 +351,12 @@ def _bench_case(ctx: Context, case, dtype) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import entropy_attn
-    from benchmarks.common import (
-        group_name,
+    from benchmarks.baselines import (
         lse_attention_entropy,
-        make_qkv,
         materialised_attention_entropy,
         materialised_bytes,
-        output_bytes,
     )
+    from benchmarks.cases import group_name, make_qkv, output_bytes
     from entropy_attn.reference import attention_entropy
 
     query, key, value = make_qkv(case, dtype, ctx.device)
@@ -464,7 +468,7 @@ def _auto_case(ctx: Context, selector, case) -> None:
     import torch.nn.functional as F
 
     import entropy_attn
-    from benchmarks.common import group_name, make_qkv
+    from benchmarks.cases import group_name, make_qkv
     from entropy_attn import autoselect
 
     query, key, value = make_qkv(case, torch.float16, ctx.device)
@@ -554,56 +558,95 @@ def stage_host(ctx: Context) -> None:
         ctx.results.benchmark(f"host-{name}", "host cost per call", times, calls, info)
 
 
-def stage_unet(ctx: Context) -> None:
-    import torch
-
+def diffusers_missing(ctx: Context, stage: str) -> bool:
+    """``True`` (and the stage recorded as skipped) when diffusers does not import."""
     try:
         import diffusers  # noqa: F401
     except ImportError as error:
-        ctx.results.skip("unet", f"diffusers does not import: {error!r}")
-        return
-    import entropy_attn
-    from benchmarks.common import unet_inputs
-    from entropy_attn.configs import build_denoiser, load_unet_config
+        ctx.results.skip(stage, f"diffusers does not import: {error!r}")
+        return True
+    return False
 
-    ctx.deadline.require(30.0, "building the SD-2.1-base UNet")
-    unet = build_denoiser("sd21-base", device=ctx.device, dtype=torch.float16)
-    inputs = unet_inputs(load_unet_config("sd21-base"), 64, torch.float16, ctx.device)
+
+def time_unet_mode(
+    ctx: Context,
+    unet,
+    inputs: dict,
+    model: str,
+    image_size: int,
+    mode: str,
+    enable_kwargs: dict | None,
+    warmup: int,
+    **timing,
+) -> None:
+    """One UNet step in one mode, timed and recorded as ``unet-<model>-<size>px-<mode>``.
+
+    ``enable(unet, **enable_kwargs)`` first unless ``enable_kwargs`` is ``None`` (stock), then
+    ``warmup`` untimed steps and ``cuda_times(step, **timing)``; ``disable`` afterwards, checked to
+    put back the very same processor objects."""
+    import torch
+
+    import entropy_attn
+
     stock = dict(unet.attn_processors)
 
     @torch.inference_mode()
     def step():
         return unet(**inputs, return_dict=False)[0]
 
-    for mode in ("stock", "enable", "enable-record-entropy", "stock-again"):
+    recording = bool(enable_kwargs and enable_kwargs.get("record_entropy"))
+    handle = None if enable_kwargs is None else entropy_attn.enable(unet, **enable_kwargs)
+    try:
+        for _ in range(warmup):
+            step()
+        times, iterations = cuda_times(step, **timing)
+        records = len(handle.entropy_rows()) if recording else None
+    finally:
+        if handle is not None:
+            entropy_attn.disable(unet)
+    restored = unet.attn_processors
+    assert all(restored[k] is v for k, v in stock.items()), "disable did not restore"
+    info = {
+        "device": ctx.device,
+        "dtype": "float16",
+        "impl": "unet",
+        "variant": mode,
+        "entropy": recording,
+        "baseline": f"UNet2DConditionModel step, {mode}",
+        "model": model,
+        "image_size": image_size,
+        "latent_size": inputs["sample"].shape[-1],
+        "batch": inputs["sample"].shape[0],
+        "entropy_records": records,
+    }
+    name = f"unet-{model}-{image_size}px-{mode}"
+    ctx.results.benchmark(name, "unet", times, iterations, info)
+
+
+UNET_STAGE_MODES = {
+    "stock": None,
+    "enable": {},
+    "enable-record-entropy": {"record_entropy": True},
+    "stock-again": None,
+}
+
+
+def stage_unet(ctx: Context) -> None:
+    import torch
+
+    if diffusers_missing(ctx, "unet"):
+        return
+    from benchmarks.unet_modes import unet_inputs
+    from entropy_attn.configs import build_denoiser, load_unet_config
+
+    ctx.deadline.require(30.0, "building the SD-2.1-base UNet")
+    unet = build_denoiser("sd21-base", device=ctx.device, dtype=torch.float16)
+    inputs = unet_inputs(load_unet_config("sd21-base"), 64, torch.float16, ctx.device)
+    for mode, enable_kwargs in UNET_STAGE_MODES.items():
         ctx.deadline.require(10.0, f"UNet step {mode}")
-        handle = None
-        if mode.startswith("enable"):
-            handle = entropy_attn.enable(unet, record_entropy=mode == "enable-record-entropy")
-        try:
-            for _ in range(3):
-                step()
-            times, iterations = cuda_times(step, budget_s=1.5, round_s=0.0)
-            records = len(handle.entropy_rows()) if mode == "enable-record-entropy" else None
-        finally:
-            if handle is not None:
-                entropy_attn.disable(unet)
-        restored = unet.attn_processors
-        assert all(restored[k] is v for k, v in stock.items()), "disable did not restore"
-        info = {
-            "device": ctx.device,
-            "dtype": "float16",
-            "impl": "unet",
-            "variant": mode,
-            "entropy": mode == "enable-record-entropy",
-            "baseline": f"UNet2DConditionModel step, {mode}",
-            "model": "sd21-base",
-            "image_size": 512,
-            "latent_size": 64,
-            "batch": 2,
-            "entropy_records": records,
-        }
-        ctx.results.benchmark(f"unet-sd21-base-512px-{mode}", "unet", times, iterations, info)
+        time_unet_mode(
+            ctx, unet, inputs, "sd21-base", 512, mode, enable_kwargs, 3, budget_s=1.5, round_s=0.0
+        )
 
 
 LARGE_UNETS = {"sd21-base": (768, 1536), "sdxl-base": (768, 1536)}
@@ -614,7 +657,7 @@ def large_unet_inputs(name: str, image_size: int, device: str) -> dict:
     """fp16 inputs of one guided step at ``image_size`` px, SDXL's added conditions included."""
     import torch
 
-    from benchmarks.common import unet_inputs
+    from benchmarks.unet_modes import unet_inputs
     from entropy_attn.configs import load_unet_config, vae_scale_factor
 
     config = load_unet_config(name)
@@ -640,55 +683,26 @@ def stage_unet_large(ctx: Context) -> None:
     everywhere (``enable(backend="triton")``) and ``enable()`` (``backend="auto"``)."""
     import torch
 
-    try:
-        import diffusers  # noqa: F401
-    except ImportError as error:
-        ctx.results.skip("unet-large", f"diffusers does not import: {error!r}")
+    if diffusers_missing(ctx, "unet-large"):
         return
-    import entropy_attn
     from entropy_attn.configs import build_denoiser
 
     for model, sizes in LARGE_UNETS.items():
         ctx.deadline.require(40.0, f"building the {model} UNet and a step")
         unet = build_denoiser(model, device=ctx.device, dtype=torch.float16)
-        stock = dict(unet.attn_processors)
         for image_size in sizes:
             inputs = large_unet_inputs(model, image_size, ctx.device)
-
-            @torch.inference_mode()
-            def step(inputs=inputs, unet=unet):
-                return unet(**inputs, return_dict=False)[0]
-
             for mode in LARGE_UNET_MODES:
                 ctx.deadline.require(8.0 if image_size < 1024 else 15.0, f"{model} {mode}")
-                if mode != "stock":
-                    backend = mode.removeprefix("enable-")
-                    entropy_attn.enable(unet, backend=backend)
-                try:
-                    for _ in range(2):
-                        step()
-                    times, iterations = cuda_times(step, budget_s=0.0, round_s=0.0, min_rounds=5)
-                finally:
-                    if mode != "stock":
-                        entropy_attn.disable(unet)
-                restored = unet.attn_processors
-                assert all(restored[k] is v for k, v in stock.items()), "disable did not restore"
-                info = {
-                    "device": ctx.device,
-                    "dtype": "float16",
-                    "impl": "unet",
-                    "variant": mode,
-                    "entropy": False,
-                    "baseline": f"UNet2DConditionModel step, {mode}",
-                    "model": model,
-                    "image_size": image_size,
-                    "latent_size": inputs["sample"].shape[-1],
-                    "batch": inputs["sample"].shape[0],
-                }
-                name = f"unet-{model}-{image_size}px-{mode}"
-                ctx.results.benchmark(name, "unet", times, iterations, info)
+                enable_kwargs = (
+                    None if mode == "stock" else {"backend": mode.removeprefix("enable-")}
+                )
+                time_unet_mode(
+                    ctx, unet, inputs, model, image_size, mode, enable_kwargs, 2,
+                    budget_s=0.0, round_s=0.0, min_rounds=5,
+                )  # fmt: skip
             del inputs
-        del unet, stock
+        del unet
         torch.cuda.empty_cache()
 
 
@@ -749,75 +763,6 @@ def hard_deadline(deadline: Deadline, grace_s: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def auto_markdown(records: list[dict]) -> str:
-    """The ``auto`` stage's table: per shape, the decision, the two times it was made from, and
-    the measured cost of ``attention(backend="auto")`` over a bare SDPA call."""
-    if not records:
-        return ""
-
-    def us(seconds):
-        return "—" if seconds is None else f"{seconds * 1e6:.1f}"
-
-    lines = [
-        "## backend='auto' (entropy_attn.autoselect)",
-        "",
-        "Decision per shape (fp16, the kernel kept only when >= 2% faster than SDPA), the two"
-        " times it was made from (µs, CUDA-event medians), and `attention(backend='auto')` timed"
-        " afterwards against a bare SDPA call (`auto/SDPA`; <= 1 means auto did not lose).",
-        "",
-        "| case | key | chose | kernel µs | SDPA µs | auto call µs | SDPA call µs | auto/SDPA |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        chose = str(r.get("backend")) + (" (cached)" if r.get("cached") else "")
-        if r.get("env_override"):
-            chose += f" (ENTROPY_ATTN_BACKEND={r['env_override']})"
-        lines.append(
-            f"| {r['case']} | {r['key']} | {chose} | {us(r.get('fused_s'))}"
-            f" | {us(r.get('sdpa_s'))} | {us(r['auto_call_s'])} | {us(r['sdpa_call_s'])}"
-            f" | {r['auto_over_sdpa']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def unet_large_markdown(benchmarks: list[dict]) -> str:
-    """The ``unet-large`` stage's table: per model and size, the stock step and ours
-    (``enable(backend="triton")``) and ``enable()`` (auto), with their ratios to stock."""
-    steps: dict[tuple, dict[str, float]] = {}
-    for entry in benchmarks:
-        info = entry["extra_info"]
-        if info.get("impl") == "unet" and info.get("variant") in LARGE_UNET_MODES:
-            key = (info["model"], info["image_size"])
-            if info["image_size"] in LARGE_UNETS.get(info["model"], ()):
-                steps.setdefault(key, {})[info["variant"]] = entry["stats"]["median"]
-    if not steps:
-        return ""
-    lines = [
-        "## UNet step at 768 and 1536 px: ours vs stock SDPA",
-        "",
-        "fp16, batch 2, random weights; median of 5 CUDA-event timed steps after 2 warm-up"
-        " steps; `enable(backend='triton')` runs our kernel in every self- and cross-attention,"
-        " `enable()` lets `backend='auto'` choose per shape.",
-        "",
-        "| model | px | stock ms | triton ms | triton/stock | auto ms | auto/stock |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for (model, size), modes in sorted(steps.items()):
-        stock = modes.get("stock")
-
-        def ms(mode, modes=modes):
-            return "—" if mode not in modes else f"{modes[mode] * 1e3:.2f}"
-
-        def ratio(mode, modes=modes, stock=stock):
-            return "—" if mode not in modes or not stock else f"{modes[mode] / stock:.3f}"
-
-        lines.append(
-            f"| {model} | {size} | {ms('stock')} | {ms('enable-triton')}"
-            f" | {ratio('enable-triton')} | {ms('enable-auto')} | {ratio('enable-auto')} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds in all")
@@ -867,10 +812,6 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import report
 
         report.main([str(path)])
-        extra = auto_markdown(results.auto) + unet_large_markdown(results.benchmarks)
-        if extra:
-            with path.with_suffix(".md").open("a", encoding="utf-8") as handle:
-                handle.write("\n" + extra)
     failed = [p for p in results.parity if not p["ok"]]
     return 1 if failed else 0
 

@@ -146,9 +146,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import diffusers
 
-    from benchmarks.common import unet_inputs
     from benchmarks.environment import device_slug
-    from benchmarks.test_bench_unet_cpu import TINY_UNET_CONFIG
+    from benchmarks.unet_modes import TINY_UNET_CONFIG, unet_inputs
 
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel.from_config(TINY_UNET_CONFIG).eval()

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 import entropy_attn
-from benchmarks.common import AttentionCase, TimingPlan, record, timed_rounds, warm_up
+from benchmarks.cases import AttentionCase
+from benchmarks.timing import TimingPlan, record, timed_rounds, warm_up
 
 pytestmark = [
     pytest.mark.cpu_bench,
@@ -154,14 +155,17 @@ def test_host_attention(benchmark, impl: str, stubbed_launch, cpu_plan: TimingPl
     """Per-call host cost of one attention call (see the module docstring)."""
     fn, fields = _host_call(impl)
     benchmark.group = "cpu host cost: attention call"
+    _time_and_record(benchmark, fn, cpu_plan, impl="host", variant=impl, **fields)
+
+
+def _time_and_record(benchmark, fn, plan: TimingPlan, **fields) -> None:
+    """Warm ``fn`` up, time it in thread CPU time, and record it with ``fields``."""
     warm_up(fn)
-    plan_used = timed_rounds(benchmark, fn, TIMER, cpu_plan)
+    plan_used = timed_rounds(benchmark, fn, TIMER, plan)
     record(
         benchmark,
         device="cpu",
         dtype=DTYPE,
-        impl="host",
-        variant=impl,
         timer="thread_time",
         torch_num_threads=torch.get_num_threads(),
         **fields,
@@ -212,18 +216,16 @@ def test_host_processor(
     if flushing:
         request.addfinalizer(lambda: torch.set_flush_denormal(False))
     benchmark.group = "cpu host cost: attention processor"
-    warm_up(fn)
-    plan_used = timed_rounds(benchmark, fn, TIMER, cpu_plan)
-    record(
+    baseline = (
+        f"{impl}.__call__ on hidden states (2, 64, 320), 5 heads of 64, "
+        "attention stubbed, projections nn.Identity"
+    )
+    _time_and_record(
         benchmark,
-        device="cpu",
-        dtype=DTYPE,
+        fn,
+        cpu_plan,
         impl="host-processor",
         variant=impl,
         entropy=False,
-        baseline=f"{impl}.__call__ on hidden states (2, 64, 320), 5 heads of 64, "
-        "attention stubbed, projections nn.Identity",
-        timer="thread_time",
-        torch_num_threads=torch.get_num_threads(),
-        **plan_used,
+        baseline=baseline,
     )

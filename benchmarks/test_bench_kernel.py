@@ -1,6 +1,6 @@
 """CUDA kernel benchmarks: entropy-attn's fused forward against PyTorch on real diffusion shapes.
 
-What is timed, per shape (``benchmarks.common.gpu_cases``) and dtype (fp16, bf16), all in one run
+What is timed, per shape (``benchmarks.cases.gpu_cases``) and dtype (fp16, bf16), all in one run
 and, per shape and dtype, back to back, so every ratio the report prints compares numbers taken
 moments apart on one GPU. ``test_attention``'s ``impl`` is one of:
 
@@ -13,7 +13,7 @@ moments apart on one GPU. ``test_attention``'s ``impl`` is one of:
 * ``materialise``: the straightforward PyTorch entropy (full softmax matrix, then
   ``-(A * A.log()).sum(-1)``, plus ``A V``). Skipped, with the reason, when it would not fit.
 * ``lse``: the strongest unfused entropy, the log-sum-exp identity with stock SDPA
-  (``benchmarks.common.lse_attention_entropy``: one SDPA call with values ``[V | K]``, then
+  (``benchmarks.baselines.lse_attention_entropy``: one SDPA call with values ``[V | K]``, then
   ``H = LSE - scale <q, mean key>``); its variant is the SDPA kernel that returned the LSE.
 
 Each benchmark records in ``extra_info``: shapes, dtype, scale, which implementation/baseline,
@@ -36,20 +36,24 @@ import torch
 import torch.nn.functional as F
 
 import entropy_attn
-from benchmarks.common import (
+from benchmarks.baselines import (
+    lse_attention_entropy,
+    materialised_attention_entropy,
+    materialised_bytes,
+)
+from benchmarks.cases import (
     SDPA_BACKEND_NAMES,
     AttentionCase,
-    TimingPlan,
-    cuda_peak_memory,
-    cuda_sync_timer,
     dtype_name,
     gpu_cases,
     group_name,
-    lse_attention_entropy,
     make_qkv,
-    materialised_attention_entropy,
-    materialised_bytes,
     output_bytes,
+)
+from benchmarks.timing import (
+    TimingPlan,
+    cuda_peak_memory,
+    cuda_sync_timer,
     probe,
     record,
     timed_rounds,

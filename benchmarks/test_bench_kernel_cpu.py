@@ -1,6 +1,6 @@
 """CPU attention benchmarks at small real sizes: cheap, run anywhere (marker ``cpu_bench``).
 
-What is timed, fp32, on the shapes of ``benchmarks.common.cpu_cases`` (SD-2.1-base at 224²: three
+What is timed, fp32, on the shapes of ``benchmarks.cases.cpu_cases`` (SD-2.1-base at 224²: three
 UNet levels, cross-attention with 77 keys, and the SD 1.x head dim 40), in one run:
 
 * ``test_attention_cpu``, ``impl`` = ``entropy_attn-off`` / ``entropy_attn-on``:
@@ -33,20 +33,16 @@ import torch
 import torch.nn.functional as F
 
 import entropy_attn
-from benchmarks.common import (
+from benchmarks.baselines import materialised_attention_entropy
+from benchmarks.cases import (
     INTERPRETER_CASE,
     AttentionCase,
-    TimingPlan,
     cpu_cases,
     group_name,
     make_qkv,
-    materialised_attention_entropy,
     output_bytes,
-    probe,
-    record,
-    timed_rounds,
-    warm_up,
 )
+from benchmarks.timing import TimingPlan, probe, record, timed_rounds, warm_up
 from entropy_attn.reference import attention_reference
 
 pytestmark = pytest.mark.cpu_bench

@@ -32,9 +32,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.common import (
+from benchmarks.timing import cuda_sync_timer
+from benchmarks.unet_modes import (
     UNET_MODES,
-    cuda_sync_timer,
     record_mode,
     run_generation_mode,
     run_unet_mode,

@@ -2,9 +2,9 @@
 
 The CPU target is "``enable(pipe)`` on the PyTorch path is at most 5% slower than stock diffusers
 on CPU". What is timed: one forward pass (classifier-free-guidance batch of 2, fp32, 77 text
-tokens) of a tiny ``UNet2DConditionModel`` built from the config below with random weights, in
-three modes measured in the same run: ``stock``, ``enable`` (``entropy_attn.enable(unet)``, which
-takes the PyTorch path off CUDA) and ``enable-record-entropy``
+tokens) of a tiny ``UNet2DConditionModel`` built from ``unet_modes.TINY_UNET_CONFIG`` with random
+weights, in three modes measured in the same run: ``stock``, ``enable``
+(``entropy_attn.enable(unet)``, which takes the PyTorch path off CUDA) and ``enable-record-entropy``
 (``entropy_attn.enable(unet, record_entropy=True)``). ``entropy_attn.disable(unet)`` restores
 stock after each mode (checked). Latent sizes: 16 (the config's ``sample_size``, so ``N == T``)
 and 32 (``N = 4 T`` at every level, where the scale differs from ``1/sqrt(d)``).
@@ -24,7 +24,8 @@ import time
 import pytest
 import torch
 
-from benchmarks.common import (
+from benchmarks.unet_modes import (
+    TINY_UNET_CONFIG,
     UNET_MODES,
     record_mode,
     run_generation_mode,
@@ -38,19 +39,6 @@ diffusers = pytest.importorskip("diffusers", reason="the UNet benchmarks need di
 
 DEVICE = "cpu"
 DTYPE = torch.float32
-# Two resolution levels with self- and cross-attention at the first, plus the mid block's.
-TINY_UNET_CONFIG = {
-    "sample_size": 16,
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": [32, 64],
-    "layers_per_block": 1,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 32,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-}
 LATENT_SIZES = (16, 32)
 
 

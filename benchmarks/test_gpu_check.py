@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_check, report
-from benchmarks.common import (
-    AttentionCase,
-    lse_attention_entropy,
-    materialised_attention_entropy,
-)
+from benchmarks import gpu_check
+from benchmarks.baselines import lse_attention_entropy, materialised_attention_entropy
+from benchmarks.cases import AttentionCase
+from benchmarks.report_markdown import render_markdown
+from benchmarks.report_results import load_result, shape_rows
+from benchmarks.report_targets import evaluate_targets
 from entropy_attn.reference import attention_entropy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,14 +136,14 @@ def test_result_file_builds_the_report(tmp_path: Path):
         | {"out_max_err": 1e-2, "sdpa_max_err": 4e-3, "entropy_max_err": 1e-5}
     )
     path = results.write()
-    loaded = report.load_result(path)
-    (row,) = report.shape_rows(loaded)
+    loaded = load_result(path)
+    (row,) = shape_rows(loaded)
     assert row.lse is not None and row.materialise is not None
     assert row.lse_speedup == pytest.approx(2.0) and row.fused_speedup == pytest.approx(40.0)
-    targets = {t.name: t for t in report.evaluate_targets(loaded)}
+    targets = {t.name: t for t in evaluate_targets(loaded)}
     lse_target = targets["fused vs the LSE identity with stock SDPA"]
     assert lse_target.status == "met" and lse_target.worst.ratio == pytest.approx(2.0)
-    markdown = report.render_markdown(loaded)
+    markdown = render_markdown(loaded)
     assert "## Fused vs the LSE identity (stock SDPA)" in markdown
     lse_row = next(line for line in markdown.splitlines() if "| CUDNN_ATTENTION |" in line)
     assert "| 2.00x |" in lse_row and lse_row.endswith("| met |")
@@ -224,41 +224,41 @@ def test_the_stages_in_order_and_their_minimum_times():
     assert sum(gpu_check.STAGE_MIN_S.values()) <= gpu_check.DEFAULT_BUDGET_S
 
 
-def test_auto_markdown_lists_each_decision_and_its_times():
-    records = [
-        {"case": "sd21-512-l0", "key": "float16-d64-blhd-q4096-k4096", "backend": "triton"}
-        | {"fused_s": 100e-6, "sdpa_s": 120e-6, "cached": False, "env_override": None}
-        | {"auto_call_s": 101e-6, "sdpa_call_s": 121e-6, "auto_over_sdpa": 101 / 121},
-        {"case": "cross", "key": "float16-d64-blhd-q4096-k128", "backend": "torch"}
-        | {"fused_s": 30e-6, "sdpa_s": 25e-6, "cached": True, "env_override": None}
-        | {"auto_call_s": 25.5e-6, "sdpa_call_s": 25e-6, "auto_over_sdpa": 1.02},
-    ]
-    rows = [line for line in gpu_check.auto_markdown(records).splitlines() if "| float16" in line]
-    assert rows[0] == (
-        "| sd21-512-l0 | float16-d64-blhd-q4096-k4096 | triton | 100.0 | 120.0 | 101.0 | 121.0"
-        " | 0.835 |"
-    )
-    assert "| torch (cached) | 30.0 | 25.0 | 25.5 | 25.0 | 1.020 |" in rows[1]
-    assert gpu_check.auto_markdown([]) == ""
+def test_time_unet_mode_records_each_mode_and_puts_the_processors_back(tmp_path, monkeypatch):
+    """The one builder of both UNet stages' records, on a tiny CPU UNet (CUDA timing replaced by
+    a counter): each mode's name and fields, entropy rows only when recording, and the very same
+    processor objects back after every mode."""
+    diffusers = pytest.importorskip("diffusers")
+    from benchmarks.unet_modes import TINY_UNET_CONFIG, unet_inputs
 
+    steps = []
 
-def test_unet_large_markdown_gives_each_mode_against_stock(tmp_path: Path):
-    results = gpu_check.Results(tmp_path, "synthetic")
-    for model, size, mode, seconds in [
-        ("sdxl-base", 1536, "stock", 0.200),
-        ("sdxl-base", 1536, "enable-triton", 0.190),
-        ("sdxl-base", 1536, "enable-auto", 0.188),
-        ("sd21-base", 768, "stock", 0.050),
-        ("sd21-base", 768, "enable-triton", 0.055),
-        ("sd21-base", 512, "stock", 0.030),  # the 512 px stage: not in this table
-    ]:
-        info = {"device": "cuda", "impl": "unet", "variant": mode, "model": model}
-        info["image_size"] = size
-        results.benchmark(f"unet-{model}-{size}-{mode}", "unet", [seconds] * 5, 1, info)
-    lines = gpu_check.unet_large_markdown(results.benchmarks).splitlines()
-    rows = [line for line in lines if line.startswith("| sd")]
-    assert rows == [
-        "| sd21-base | 768 | 50.00 | 55.00 | 1.100 | — | — |",
-        "| sdxl-base | 1536 | 200.00 | 190.00 | 0.950 | 188.00 | 0.940 |",
-    ]
-    assert gpu_check.unet_large_markdown([]) == ""
+    def fake_cuda_times(fn, **timing):
+        steps.append(timing)
+        fn()
+        return [3e-3, 1e-3, 2e-3], 1
+
+    monkeypatch.setattr(gpu_check, "cuda_times", fake_cuda_times)
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel.from_config(TINY_UNET_CONFIG).eval()
+    before = dict(unet.attn_processors)
+    inputs = unet_inputs(TINY_UNET_CONFIG, 16, torch.float32, "cpu")
+    ctx = _context(tmp_path, FakeClock())
+    for mode, enable_kwargs in gpu_check.UNET_STAGE_MODES.items():
+        gpu_check.time_unet_mode(
+            ctx, unet, inputs, "tiny", 128, mode, enable_kwargs, 1, budget_s=0.0, round_s=0.0
+        )
+        assert all(unet.attn_processors[k] is v for k, v in before.items()), mode
+    assert steps == [{"budget_s": 0.0, "round_s": 0.0}] * 4
+    by_name = {b["name"]: b for b in ctx.results.benchmarks}
+    modes = list(gpu_check.UNET_STAGE_MODES)
+    assert list(by_name) == [f"unet-tiny-128px-{mode}" for mode in modes]
+    for mode in modes:
+        entry = by_name[f"unet-tiny-128px-{mode}"]
+        info = entry["extra_info"]
+        assert entry["stats"]["median"] == 2e-3 and entry["group"] == "unet"
+        assert (info["variant"], info["latent_size"], info["batch"]) == (mode, 16, 2)
+        recording = mode == "enable-record-entropy"
+        assert info["entropy"] is recording
+        # One row per attention layer (8, self and cross) per call: a warm-up and a timed step.
+        assert info["entropy_records"] == (2 * len(before) if recording else None)

@@ -1,4 +1,5 @@
-"""``benchmarks/report.py`` on a small synthetic result file: cells and met/not-met marks.
+"""The benchmark report (``report.py`` and its ``report_*`` parts) on a small synthetic result
+file: cells and met/not-met marks.
 
 The numbers below are made up for the test and live only in ``tmp_path``; the expected ratios are
 worked out by hand from them.
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
+from benchmarks.report_results import load_result
+from benchmarks.report_targets import evaluate_targets
 
 DEVICE_NAME = "Synthetic GPU (test fixture)"
 
@@ -191,7 +194,7 @@ def _row(section: str, *needles: str) -> list[str]:
 
 
 def test_targets_from_synthetic_numbers(result_path: Path) -> None:
-    targets = {t.name: t for t in report.evaluate_targets(report.load_result(result_path))}
+    targets = {t.name: t for t in evaluate_targets(load_result(result_path))}
 
     def expect(name: str, status: str, worst: float, n_met: int, n_checks: int) -> None:
         target = targets[name]
@@ -214,7 +217,7 @@ def test_targets_from_synthetic_numbers(result_path: Path) -> None:
 def test_target_without_measurements_is_not_measured(tmp_path: Path) -> None:
     path = tmp_path / "empty.json"
     path.write_text(json.dumps({"benchmarks": [], "environment": {}}), encoding="utf-8")
-    targets = report.evaluate_targets(report.load_result(path))
+    targets = evaluate_targets(load_result(path))
     assert {t.status for t in targets} == {"not measured"}
 
 

@@ -1,4 +1,4 @@
-"""``benchmarks/report.py``'s host-cost and CPU-speed targets (issue #11) on synthetic numbers.
+"""The report's host-cost and CPU-speed targets (issue #11) and host table, on synthetic numbers.
 
 The numbers are made up for the test and live only in ``tmp_path``; the expected ratios are worked
 out by hand from them.
@@ -10,7 +10,9 @@ import json
 import math
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks.report_markdown import render_markdown
+from benchmarks.report_results import ResultFile, load_result
+from benchmarks.report_targets import evaluate_targets, host_targets
 
 
 def _bench(name: str, median: float, **info) -> dict:
@@ -22,10 +24,10 @@ def _bench(name: str, median: float, **info) -> dict:
     }
 
 
-def _write(tmp_path: Path, benchmarks: list[dict]) -> report.ResultFile:
+def _write(tmp_path: Path, benchmarks: list[dict]) -> ResultFile:
     path = tmp_path / "host.json"
     path.write_text(json.dumps({"benchmarks": benchmarks, "environment": {}}), encoding="utf-8")
-    return report.load_result(path)
+    return load_result(path)
 
 
 ENTROPY_SHAPE = dict(
@@ -34,7 +36,7 @@ ENTROPY_SHAPE = dict(
 )  # fmt: skip
 
 
-def _result(tmp_path: Path) -> report.ResultFile:
+def _result(tmp_path: Path) -> ResultFile:
     host = dict(device="cpu", dtype="float32", impl="host", baseline="a call")
     unet = dict(device="cpu", dtype="float32", impl="unet", model="tiny-unet")
     return _write(
@@ -68,7 +70,7 @@ def _result(tmp_path: Path) -> report.ResultFile:
 
 
 def test_host_targets_from_synthetic_numbers(tmp_path: Path) -> None:
-    targets = {t.name: t for t in report.evaluate_targets(_result(tmp_path))}
+    targets = {t.name: t for t in evaluate_targets(_result(tmp_path))}
 
     def expect(name: str, status: str, worst: float, n_met: int, n_checks: int) -> None:
         target = targets[name]
@@ -83,12 +85,12 @@ def test_host_targets_from_synthetic_numbers(tmp_path: Path) -> None:
 
 
 def test_host_targets_not_measured_without_entries(tmp_path: Path) -> None:
-    targets = report.host_targets(_write(tmp_path, []))
+    targets = host_targets(_write(tmp_path, []))
     assert len(targets) == 4 and {t.status for t in targets} == {"not measured"}
 
 
 def test_host_section_in_markdown(tmp_path: Path) -> None:
-    markdown = report.render_markdown(_result(tmp_path))
+    markdown = render_markdown(_result(tmp_path))
     section = markdown.split("## Host cost per call\n", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in section.splitlines() if "triton-attention-on" in line)
     assert "24.0 µs" in row and "2.40x" in row

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import (
-    AttentionCase,
-    dit_cases,
-    gpu_cases,
-    latent_side,
-    materialised_attention_entropy,
-    sd_cases,
-)
+from benchmarks.baselines import materialised_attention_entropy
+from benchmarks.cases import AttentionCase, dit_cases, gpu_cases, latent_side, sd_cases
 from benchmarks.run import result_path
 
 

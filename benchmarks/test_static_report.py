@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import static_report
+from benchmarks import static_model, static_peers, static_report
 
 
 def _record(arch, head_dim, entropy, per_logit, first=True, block_n=128):
@@ -68,13 +68,13 @@ def test_markdown_has_a_row_per_record_and_the_on_off_ratio():
 def test_throughput_model_takes_the_largest_of_issue_mufu_and_tensor_cores():
     off, on = _record(90, 64, False, 7.125), _record(90, 64, True, 8.281)
     # 64 logits per thread: 456 and 530 instructions, 64 ex2; 8 warps of 32 threads.
-    cycles = static_report.tile_cycles(off)
+    cycles = static_model.tile_cycles(off)
     assert cycles == {"issue": 456 * 8 / 4, "mufu": 64 * 256 / 16, "mma": 1024.0, "bound": 1024.0}
-    assert static_report.tile_cycles(on)["issue"] == 530 * 8 / 4
+    assert static_model.tile_cycles(on)["issue"] == 530 * 8 / 4
     ratio = static_report.modelled_on_over_off([off, on])
     assert list(ratio.values()) == [530 * 8 / 4 / 1024]
     # sm_80 has half the tensor-core rate per SM; d=80 pads to 64 + 16.
-    sm80 = static_report.tile_cycles(_record(80, 80, False, 8.0))
+    sm80 = static_model.tile_cycles(_record(80, 80, False, 8.0))
     assert sm80["mma"] == 4 * 128 * 128 * 80 / 2048
     lines = static_report.target_lines([off, on], "3.6.0")
     assert "on/off 1.035x" in lines[-1] and "1.140x on this loop" in lines[-2]
@@ -103,7 +103,7 @@ FA2_64 = (
 
 def test_fa2_choice_pads_like_pytorch():
     templates = [32, 64, 96, 128, 192, 256]
-    choice = {d: static_report.fa2_choice(d, templates) for d in (40, 64, 80, 128, 160)}
+    choice = {d: static_peers.fa2_choice(d, templates) for d in (40, 64, 80, 128, 160)}
     assert {d: c["template_head_dim"] for d, c in choice.items()} == {
         40: 64, 64: 64, 80: 96, 128: 128, 160: 192
     }  # fmt: skip
@@ -113,17 +113,17 @@ def test_fa2_choice_pads_like_pytorch():
     assert not choice[40]["flags"]["even_k"] and not choice[40]["flags"]["even_mn"]
     assert not any(choice[128]["flags"][k] for k in ("dropout", "causal", "softcap"))
     with pytest.raises(ValueError, match="head_dim 300"):
-        static_report.fa2_choice(300, templates)
+        static_peers.fa2_choice(300, templates)
 
 
 def test_fa2_kernels_are_found_by_their_mangled_names(tmp_path):
     cubin = tmp_path / "libtorch_cuda.7.sm_80.cubin"
     cubin.write_bytes(b"\0junk\0" + FA2_64.encode() + b"\0.text." + FA2_64.encode() + b"\0")
     (tmp_path / "libtorch_cuda.8.sm_75.cubin").write_bytes(FA2_64.encode())  # arch not asked
-    (kernel,) = static_report.fa2_kernels(sorted(tmp_path.glob("*.cubin")), {80, 90})
+    (kernel,) = static_peers.fa2_kernels(sorted(tmp_path.glob("*.cubin")), {80, 90})
     assert kernel["arch"] == 80 and kernel["template_head_dim"] == 64
     assert kernel["tile"] == (128, 128, 4) and kernel["dtype"] == "fp16"
-    assert kernel["flags"] == static_report.fa2_choice(64, [64])["flags"]
+    assert kernel["flags"] == static_peers.fa2_choice(64, [64])["flags"]
     assert kernel["symbol"] == FA2_64 and kernel["cubin"] == cubin
 
 
@@ -151,24 +151,24 @@ def _peer(arch, head_dim, per_logit, template, tile=(128, 128, 4), mma_bound=Fal
 
 def test_modelled_tflops_is_the_peak_when_the_tensor_cores_bound():
     record = _record(90, 64, False, 6.0)  # issue 384 x 8 / 4 = 768 < mma 1024 cycles
-    assert static_report.tile_cycles(record)["bound"] == 1024.0
-    assert static_report.modelled_tflops(record) == pytest.approx(132 * 4096 * 1.83e9 / 1e12)
+    assert static_model.tile_cycles(record)["bound"] == 1024.0
+    assert static_model.modelled_tflops(record) == pytest.approx(132 * 4096 * 1.83e9 / 1e12)
     # FA2 on sm_90: 128x128 tile, 4 warps, 13 instructions per logit: issue-bound.
     peer = _peer(90, 64, 13.0, 64)
-    cycles = static_report.tile_cycles(peer)
+    cycles = static_model.tile_cycles(peer)
     assert cycles["issue"] == 13 * 128 * 4 / 4 and cycles["bound"] == cycles["issue"]
     expected = 132 * 1.83e9 * 4 * 128 * 128 * 64 / cycles["issue"] / 1e12
-    assert static_report.modelled_tflops(peer) == pytest.approx(expected)
+    assert static_model.modelled_tflops(peer) == pytest.approx(expected)
 
 
 def test_peer_rows_compare_per_logit_and_calibrate_with_fa2s_measurement():
     records = [_record(90, 64, False, 6.9), _record(90, 64, True, 8.5)]
     records += [_record(90, 40, False, 7.7), _record(90, 40, True, 9.2)]
     peers = [_peer(90, 64, 13.0, 64), _peer(90, 40, 8.0, 64)]
-    factors = static_report.calibration(peers)
-    fa2_model = static_report.modelled_tflops(peers[0])
+    factors = static_peers.calibration(peers)
+    fa2_model = static_model.modelled_tflops(peers[0])
     assert factors == {90: {64: pytest.approx(321.0 / fa2_model)}}  # d=40 has no measurement
-    rows = {row["head_dim"]: row for row in static_report.peer_rows(records, peers)}
+    rows = {row["head_dim"]: row for row in static_peers.peer_rows(records, peers)}
     assert rows[64]["ours_le_fa2"] is True and rows[64]["on_ratio"] == pytest.approx(8.5 / 13)
     assert rows[40]["ours_le_fa2"] is False  # 9.2 > 8.0 with entropy on
     assert rows[64]["fa2_calibrated"] == pytest.approx(321.0)
@@ -193,7 +193,7 @@ def test_committed_peer_report_ours_at_most_fa2_per_logit(path):
     assert {(p["arch"], p["head_dim"]) for p in peers} >= {
         (arch, d) for arch in (80, 90) for d in (40, 64, 80, 128, 160)
     }
-    for row in static_report.peer_rows(payload["records"], peers):
+    for row in static_peers.peer_rows(payload["records"], peers):
         where = f"sm_{row['arch']} d={row['head_dim']}"
         assert row["off"] is not None and row["on"] is not None, where
         assert row["off"] <= row["fa2"] and row["on"] <= row["fa2"], (where, row)
