@@ -273,7 +273,7 @@ def stage_parity(ctx: Context) -> None:
     import torch.nn.functional as F
 
     import entropy_attn
-    from entropy_attn.reference import attention_entropy
+    from entropy_attn.op.reference import attention_entropy
 
     eps = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
     generator = torch.Generator().manual_seed(20230614)
@@ -353,7 +353,7 @@ def _bench_case(ctx: Context, case, dtype) -> None:
         materialised_bytes,
         output_bytes,
     )
-    from entropy_attn.reference import attention_entropy
+    from entropy_attn.op.reference import attention_entropy
 
     query, key, value = make_qkv(case, dtype, ctx.device)
     scale = case.scale
@@ -446,7 +446,7 @@ def stage_auto(ctx: Context) -> None:
     selector unless the cache folder already holds one) and its cost against a bare SDPA call."""
     import torch
 
-    from entropy_attn import autoselect
+    from entropy_attn.op import autoselect
 
     selector = autoselect.AutoSelector()
     previous = autoselect.set_selector(selector)
@@ -465,7 +465,7 @@ def _auto_case(ctx: Context, selector, case) -> None:
 
     import entropy_attn
     from benchmarks.common import group_name, make_qkv
-    from entropy_attn import autoselect
+    from entropy_attn.op import autoselect
 
     query, key, value = make_qkv(case, torch.float16, ctx.device)
     scale = case.scale

@@ -44,7 +44,7 @@ MODES = ("stock", "enable", "record", "record-two-calls")
 @contextlib.contextmanager
 def two_call_entropy():
     """The CPU entropy path before ``attention_lse``: SDPA for the output, then ``entropy_lse``."""
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     def two_calls(query, key, value, scale=None):
         out = F.scaled_dot_product_attention(query, key, value, scale=scale)

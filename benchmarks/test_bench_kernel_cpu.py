@@ -47,7 +47,7 @@ from benchmarks.common import (
     timed_rounds,
     warm_up,
 )
-from entropy_attn.reference import attention_reference
+from entropy_attn.op.reference import attention_reference
 
 pytestmark = pytest.mark.cpu_bench
 

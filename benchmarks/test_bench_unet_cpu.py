@@ -92,7 +92,7 @@ GENERATION_STEPS_CPU = 4
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    from entropy_attn.tiny import tiny_sd_pipeline
+    from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 
     return tiny_sd_pipeline()
 

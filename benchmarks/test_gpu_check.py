@@ -20,7 +20,7 @@ from benchmarks.common import (
     lse_attention_entropy,
     materialised_attention_entropy,
 )
-from entropy_attn.reference import attention_entropy
+from entropy_attn.op.reference import attention_entropy
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -115,7 +115,7 @@ def run_workers(scenario, world: int = 2, **kwargs) -> list:
 def tiny_flux():
     import diffusers
 
-    from entropy_attn import tiny
+    from entropy_attn.tiny import pipelines as tiny
 
     torch.manual_seed(0)
     return diffusers.FluxTransformer2DModel(**tiny.TINY_FLUX_TRANSFORMER).eval()

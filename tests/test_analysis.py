@@ -26,8 +26,8 @@ import pytest
 import torch
 
 import entropy_attn
-from entropy_attn import analysis
-from entropy_attn.tiny import tiny_ldm_pipeline, tiny_sd_pipeline
+from entropy_attn.science import analysis
+from entropy_attn.tiny.pipelines import tiny_ldm_pipeline, tiny_sd_pipeline
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N_VALUES = (64, 256, 1024, 4096, 16384)

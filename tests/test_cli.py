@@ -21,10 +21,11 @@ import torch
 from PIL import Image
 
 import entropy_attn
-from entropy_attn import analysis, cli, configs
+from entropy_attn import cli, configs
 from entropy_attn._quiet import quiet_library_logs
 from entropy_attn.cli import bench, common, models, output
-from entropy_attn.tiny import tiny_sd_pipeline
+from entropy_attn.science import analysis
+from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 
 pytest.importorskip("diffusers")
 pytest.importorskip("matplotlib")
@@ -956,7 +957,7 @@ def test_tiny_models_and_built_pipelines_run_quietly(tmp_path):
 import torch
 from entropy_attn import configs
 from entropy_attn.cli import main
-from entropy_attn.tiny import tiny_sd_pipeline
+from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 tiny_sd_pipeline()
 assert main(["generate", "--model", "tiny-ldm", "--prompt", "a cat", "--size", "64",
              "--steps", "1", "--out", {str(tmp_path)!r}]) == 0

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from helpers import assert_close
 
 import entropy_attn
-from entropy_attn import configs, tiny
+from entropy_attn import configs
+from entropy_attn.tiny import pipelines as tiny
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -294,7 +295,7 @@ def test_chosen_attention_backend_is_not_dropped():
     "build,inputs", [(tiny_sd3, sd3_inputs), (tiny_pixart, pixart_inputs)], ids=["sd3", "pixart"]
 )
 def test_r2_item2_fuse_qkv_projections_while_enabled_on_transformers(build, inputs):
-    from entropy_attn.processors import _EntropyAttnBase
+    from entropy_attn.integration.processors import EntropyAttnBase
 
     model = build()
     before = dict(model.attn_processors)
@@ -315,6 +316,6 @@ def test_r2_item2_fuse_qkv_projections_while_enabled_on_transformers(build, inpu
     assert all("Fused" in type(p).__name__ for p in model.attn_processors.values())
     model.unfuse_qkv_projections()
     now = model.attn_processors
-    assert not any(isinstance(p, _EntropyAttnBase) for p in now.values())
+    assert not any(isinstance(p, EntropyAttnBase) for p in now.values())
     assert all(now[name] is p for name, p in before.items())
     assert torch.equal(run(), stock)

@@ -12,9 +12,9 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-from .. import analysis
-from ..evaluation import METHODS, format_size
 from ..integration import layer_table
+from ..science import analysis
+from ..science.evaluation import METHODS, format_size
 from .common import (
     DEFAULT_PROMPT,
     DIFFUSERS_MODULES,

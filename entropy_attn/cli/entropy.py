@@ -7,10 +7,11 @@ import time
 
 import torch
 
-from .. import analysis, configs, evaluation
+from .. import configs
 from .._quiet import quiet_library_logs
-from ..evaluation import METHODS, format_size
-from ..integration import _vae_scale_factor
+from ..integration import vae_scale_factor_of
+from ..science import analysis, evaluation
+from ..science.evaluation import METHODS, format_size
 from .common import (
     DEFAULT_PROMPT,
     DIFFUSERS_MODULES,
@@ -98,7 +99,7 @@ def _load(args, spec: str, device: torch.device, dtype: torch.dtype, prompts):
         )
         return model, configs.vae_scale_factor(spec), args.steps or 1, prompts
     model = load_pipeline(spec, device=device, dtype=dtype)
-    factor = _vae_scale_factor(model, None)
+    factor = vae_scale_factor_of(model, None)
     steps = default_steps(spec, args.steps, entropy=True)
     return model, factor, steps, prompts or [DEFAULT_PROMPT]
 

@@ -30,7 +30,7 @@ import torch
 
 from .. import configs
 from .._quiet import quiet_library_logs
-from ..tiny import TINY_PIPELINES
+from ..tiny.pipelines import TINY_PIPELINES
 from .common import CLIError, check_memory, check_multiple, resolve_dtype
 
 REAL_STEPS = 30
@@ -307,9 +307,9 @@ def check_sizes(
         config = known_vae_config(spec_or_pipe)
         channels = vae_channels(config) if config else None
     else:
-        from ..integration import _vae_scale_factor
+        from ..integration import vae_scale_factor_of
 
-        factor = _vae_scale_factor(spec_or_pipe, None)
+        factor = vae_scale_factor_of(spec_or_pipe, None)
         channels = vae_channels(spec_or_pipe)
     check_multiple(sizes, factor, option)
     check_memory(sizes, channels, dtype=dtype, device=device, force=force, option=option)

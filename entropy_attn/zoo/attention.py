@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .. import analysis
-from ..probe import attention_modules
-from ..processors import kind_of
+from ..integration.probe import attention_modules
+from ..integration.processors import kind_of
+from ..science import analysis
 from ..sizes import format_size
 
 
@@ -100,7 +100,7 @@ def attention_study(
 ) -> list[dict]:
     """Write ``attention-<label>.csv``, ``fig5-<label>.png`` and ``fig6-<label>.png``.
 
-    One CSV row per (size, method, layer): the :class:`~entropy_attn.analysis.LayerEntropy`
+    One CSV row per (size, method, layer): the :class:`~entropy_attn.science.analysis.LayerEntropy`
     fields, ``entropy / ln N`` and (stock rows) the logit variance. Fig. 5: entropy vs ``ln N``
     per level (training token count ``T``); Fig. 6: per-layer entropy at the training size and
     at 2x, stock vs entropy-attn.

@@ -45,10 +45,10 @@ def demo_grid(
 
     from .. import integration
     from . import load_pipeline
-    from .metrics import _size
+    from .metrics import size_pair
     from .models import own_positions
 
-    sizes = [_size(s) for s in sizes]
+    sizes = [size_pair(s) for s in sizes]
     pipe = load_pipeline(name) if pipe is None else pipe
     pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(10)

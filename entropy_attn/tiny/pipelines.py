@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ._extras import needs
-from ._quiet import quiet_library_logs
+from .._extras import needs
+from .._quiet import quiet_library_logs
 
 TEXT_TOKENS = 77
 _TINY_UNET = dict(

@@ -36,15 +36,15 @@ from pathlib import Path
 
 import torch
 
-from .integration import (
-    _vae_scale_factor,
-    enabled,
+from ..integration import enabled
+from ..integration.denoiser import (
     find_denoiser,
     pixel_size,
     training_latent_size,
+    vae_scale_factor_of,
 )
-from .ops import BACKENDS, attention
-from .scale import log_scale
+from ..op.api import BACKENDS, attention
+from ..op.scale import log_scale
 
 ScaleFn = Callable[[int, int], float]
 METHODS = ("stock", "entropy-attn")
@@ -611,7 +611,7 @@ def fit_levels(rows: Iterable[LayerEntropy]) -> list[LevelFit]:
 
 def training_size(model, vae_scale_factor: int | None = None) -> tuple[int, int]:
     """A pipeline's or denoiser's training image size in pixels, ``(height, width)``."""
-    factor = _vae_scale_factor(model, vae_scale_factor)
+    factor = vae_scale_factor_of(model, vae_scale_factor)
     height, width = training_latent_size(find_denoiser(model), model)
     return height * factor, width * factor
 

@@ -15,7 +15,8 @@ embeddings, masks, output projections) and replaces its attention call by
   attention guidance: the guided chunks through the layer's processor above).
 
 FLUX and every other transformer whose processors call diffusers' attention dispatcher go through
-the generic path instead (:mod:`entropy_attn.generic`), which runs the stock processor's own code.
+the generic path instead (:mod:`entropy_attn.integration.generic`), which runs the stock
+processor's own code.
 
 The scale of a rescaled layer is ``base_scale * sqrt(ln N / ln T)`` with ``N`` the keys of the
 call and ``T`` the keys of the same layer at the training size; ``base_scale`` is the layer's own
@@ -36,9 +37,9 @@ import math
 
 import torch
 
-from .ops import _resolve_backend, dispatch
+from ..op.api import dispatch, resolve_backend
+from ..op.reference import attention_entropy, attention_reference
 from .recording import EntropyRecorder
-from .reference import attention_entropy, attention_reference
 
 
 def layer_scale(n_tokens: int, train_tokens: int, base_scale: float) -> float:
@@ -80,7 +81,9 @@ def _call_scale(scale: float, head_dim: int) -> float | None:
     return None if scale == head_dim**-0.5 else scale
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will need gradients through any of ``tensors`` (the fused entropy path
+    has no backward, so recording then takes the reference path)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
@@ -91,7 +94,7 @@ def _in_backward() -> bool:
     return task_id is not None and task_id() != -1
 
 
-class _EntropyAttnBase:
+class EntropyAttnBase:
     """Shared part: the scale for ``N`` keys, the attention call, and entropy recording.
 
     Made without a layer name (``cls()``, as diffusers' ``unload_ip_adapter`` rebuilds every
@@ -115,7 +118,7 @@ class _EntropyAttnBase:
         if name is None:
             if rescale or recorder is not None:
                 raise ValueError("rescale and recorder need the layer's name and train_tokens")
-            _EntropyAttnBase.unbound_made += 1
+            EntropyAttnBase.unbound_made += 1
         self.name = name
         self.train_tokens = int(train_tokens)
         self.rescale = bool(rescale)
@@ -126,7 +129,7 @@ class _EntropyAttnBase:
         self._attention_backend = attention_backend
 
     @classmethod
-    def replacing(cls, stock, name: str, **options) -> _EntropyAttnBase:
+    def replacing(cls, stock, name: str, **options) -> EntropyAttnBase:
         """The processor that stands in for the processor ``stock`` on layer ``name``."""
         return cls(name, **options)
 
@@ -175,7 +178,7 @@ class _EntropyAttnBase:
         # The fused entropy only where it cannot build an autograd graph: a recorded scalar must
         # never keep a graph (and the activations it saves) alive.
         fused_entropy = (
-            record and not recomputed and attention_mask is None and not _needs_grad(query, key)
+            record and not recomputed and attention_mask is None and not needs_grad(query, key)
         )
         out = self.attention(attn, query, key, value, scale, attention_mask, fused_entropy)
         if not record or recomputed:
@@ -214,7 +217,7 @@ OWN_BACKENDS = ("auto", "triton", "torch", "sdpa")
 
 
 def op_backend(backend: str, record: bool) -> str:
-    """The :func:`entropy_attn.ops.dispatch` backend for an ``enable(..., backend=)`` choice."""
+    """The :func:`entropy_attn.op.api.dispatch` backend for an ``enable(..., backend=)`` choice."""
     if backend == "sdpa":
         return "auto" if record else "torch"
     return backend
@@ -348,7 +351,7 @@ def _output(attn, hidden_states, residual, image_shape):
     return hidden_states / attn.rescale_output_factor
 
 
-class EntropyAttnProcessor(_EntropyAttnBase):
+class EntropyAttnProcessor(EntropyAttnBase):
     """diffusers' ``AttnProcessor2_0`` with the entropy-preserving scale."""
 
     def __call__(
@@ -386,7 +389,7 @@ class EntropyAttnProcessor(_EntropyAttnBase):
         return _output(attn, hidden_states, residual, image_shape)
 
 
-class EntropyClassicAttnProcessor(_EntropyAttnBase):
+class EntropyClassicAttnProcessor(EntropyAttnBase):
     """diffusers' classic ``AttnProcessor`` (``baddbmm`` + ``softmax`` + ``bmm``), and
     ``SlicedAttnProcessor`` when ``slice_size`` is given, with the entropy-preserving scale.
 
@@ -441,7 +444,7 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
 
     def attention(self, attn, query, key, value, scale, attention_mask, return_entropy):
         backend = op_backend(self.backend, return_entropy)
-        if attention_mask is None and _resolve_backend(backend, query, key, value) == "triton":
+        if attention_mask is None and resolve_backend(backend, query, key, value) == "triton":
             return super().attention(attn, query, key, value, scale, None, return_entropy)
         batch_heads = query.shape[0] * query.shape[1]
         flat = [t.reshape(batch_heads, *t.shape[2:]) for t in (query, key, value)]
@@ -490,7 +493,7 @@ def _classic_attention(attn, query, key, value, scale: float, attention_mask):
     return torch.bmm(scores.softmax(dim=-1).to(dtype), value)
 
 
-class EntropyJointAttnProcessor(_EntropyAttnBase):
+class EntropyJointAttnProcessor(EntropyAttnBase):
     """diffusers' ``JointAttnProcessor2_0`` (SD3) with the entropy-preserving scale.
 
     Image and text tokens attend together, so ``N`` counts both (e.g. 4096 + 333 at 1024 px).
@@ -597,7 +600,7 @@ class EntropyPAGProcessor:
 
 # Stock processor class name -> the entropy-attn processor that reproduces it. Processors not
 # listed (IP-Adapter, custom, ...) are never replaced silently.
-REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
+REPLACEMENTS: dict[str, type[EntropyAttnBase]] = {
     "AttnProcessor": EntropyClassicAttnProcessor,
     "AttnProcessor2_0": EntropyAttnProcessor,
     "AttnProcessorNPU": EntropyAttnProcessor,
@@ -609,9 +612,9 @@ REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
 }
 
 
-def replacement_for(processor) -> type[_EntropyAttnBase] | None:
+def replacement_for(processor) -> type[EntropyAttnBase] | None:
     """The entropy-attn processor class that can stand in for ``processor``, if any."""
-    if isinstance(processor, _EntropyAttnBase):
+    if isinstance(processor, EntropyAttnBase):
         return type(processor)
     return REPLACEMENTS.get(type(processor).__name__)
 

@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .integration import enabled
-from .sizes import format_size, parse_size
+from ..integration import enabled
+from ..sizes import format_size, parse_size
 
 METHODS = ("stock", "entropy-attn")
 METRICS = ("fid", "clip")
