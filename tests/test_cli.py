@@ -1004,11 +1004,11 @@ def test_r2_item9_damaged_zoo_weights_give_one_line_and_exit_2(
 ):
     import shutil
 
-    from entropy_attn import zoo
+    from entropy_attn.zoo import load
 
-    shutil.copytree(zoo.WEIGHTS / "digits-unet", tmp_path / "weights" / "digits-unet")
+    shutil.copytree(load.WEIGHTS / "digits-unet", tmp_path / "weights" / "digits-unet")
     damaged = damage(tmp_path / "weights" / "digits-unet", how)
-    monkeypatch.setattr(zoo, "WEIGHTS", tmp_path / "weights")
+    monkeypatch.setattr(load, "WEIGHTS", tmp_path / "weights")
     code, out, err = run([*argv, "--out", tmp_path / "out"] if argv[0] == "demo" else argv, capsys)
     assert code == 2, err
     lines = err.strip().splitlines()

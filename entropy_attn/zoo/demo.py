@@ -44,7 +44,7 @@ def demo_grid(
     import matplotlib.pyplot as plt
 
     from .. import integration
-    from . import load_pipeline
+    from .load import load_pipeline
     from .metrics import size_pair
     from .models import own_positions
 
