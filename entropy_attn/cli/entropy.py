@@ -10,7 +10,7 @@ import torch
 from .. import configs
 from .._quiet import quiet_library_logs
 from ..integration import vae_scale_factor_of
-from ..science import analysis, evaluation
+from ..science import analysis, evaluation, plots
 from ..science.evaluation import METHODS, format_size
 from .common import (
     DEFAULT_PROMPT,
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     written = [out / "entropy.csv", out / "fits.csv"]
     if fits:
         written.append(
-            analysis.plot_entropy_vs_log_n(
+            plots.plot_entropy_vs_log_n(
                 fits, out / "fig5_entropy_vs_log_n.png", title=f"{spec}: entropy vs ln N"
             )
         )
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         for method in METHODS
     }
     written.append(
-        analysis.plot_layer_entropy(
+        plots.plot_layer_entropy(
             series,
             out / "fig6_layer_entropy.png",
             title=f"{spec}: per-layer self-attention entropy",

@@ -19,7 +19,7 @@ import torch
 
 from ..integration.probe import attention_modules
 from ..integration.processors import kind_of
-from ..science import analysis
+from ..science import analysis, plots
 from ..sizes import format_size
 
 
@@ -126,7 +126,7 @@ def attention_study(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    analysis.plot_entropy_vs_log_n(
+    plots.plot_entropy_vs_log_n(
         analysis.fit_levels(all_layers),
         out_dir / f"fig5-{label}.png",
         title=f"{label}: self-attention entropy vs ln N (trained, sampling digits)",
@@ -138,7 +138,7 @@ def attention_study(
         for k, v in series.items()
         if k.rsplit(" ", 1)[0] in {format_size(train), format_size(double)}
     }
-    analysis.plot_layer_entropy(
+    plots.plot_layer_entropy(
         chosen, out_dir / f"fig6-{label}.png", title=f"{label}: per-layer self-attention entropy"
     )
     return rows
