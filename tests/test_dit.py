@@ -295,7 +295,7 @@ def test_chosen_attention_backend_is_not_dropped():
     "build,inputs", [(tiny_sd3, sd3_inputs), (tiny_pixart, pixart_inputs)], ids=["sd3", "pixart"]
 )
 def test_r2_item2_fuse_qkv_projections_while_enabled_on_transformers(build, inputs):
-    from entropy_attn.integration.processors import EntropyAttnBase
+    from entropy_attn.integration.attention_base import EntropyAttnBase
 
     model = build()
     before = dict(model.attn_processors)

@@ -157,7 +157,7 @@ def test_generic_path_refuses_recording_a_masked_call_under_context_parallelism(
 
 
 def test_backend_without_context_parallelism_is_refused():
-    from entropy_attn.integration.processors import check_context_parallel_backend
+    from entropy_attn.integration.backends import check_context_parallel_backend
 
     check_context_parallel_backend("native", "layer")  # diffusers' ring/Ulysses: accepted
     with pytest.raises(ValueError, match="'_native_efficient', which has no context parallelism"):

@@ -978,7 +978,7 @@ def test_r2_item6_pag_processors_entropy_attn_cannot_reproduce_are_refused():
 
 
 def own_processors(unet) -> list[str]:
-    from entropy_attn.integration.processors import EntropyAttnBase
+    from entropy_attn.integration.attention_base import EntropyAttnBase
 
     return [n for n, p in unet.attn_processors.items() if isinstance(p, EntropyAttnBase)]
 

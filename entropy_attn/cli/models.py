@@ -394,7 +394,7 @@ def _config_denoiser(location: str):
     import diffusers
     from diffusers import DiffusionPipeline
 
-    from ..integration import AUTOENCODERS, autoencoder_factor
+    from ..integration.denoiser import AUTOENCODERS, autoencoder_factor
 
     index = DiffusionPipeline.load_config(location)
     for component in ("unet", "transformer"):

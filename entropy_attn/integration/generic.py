@@ -48,6 +48,8 @@ import torch
 
 from ..op.api import dispatch
 from ..op.reference import attention_entropy
+from .attention_base import EntropyAttnBase, layer_scale, needs_grad
+from .backends import check_context_parallel_backend, op_backend, takes_scale
 from .parallel import (
     check_parallel_config,
     context_parallel_attention,
@@ -55,14 +57,6 @@ from .parallel import (
     cp_degree,
     cp_mean,
     global_key_tokens,
-)
-from .processors import (
-    EntropyAttnBase,
-    check_context_parallel_backend,
-    layer_scale,
-    needs_grad,
-    op_backend,
-    takes_scale,
 )
 
 # Processors with a temperature of their own: entropy-attn's scale on top would be a second one.

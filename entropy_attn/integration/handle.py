@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from .attention_base import EntropyAttnBase
 from .probe import attention_modules
-from .processors import EntropyAttnBase, replacement_for
+from .processors import replacement_for
 from .recording import EntropyRecorder
 
 _STATE_ATTR = "_entropy_attn_state"
@@ -55,8 +56,9 @@ class DenoiserState:
           ``FusedJointAttnProcessor2_0``) everywhere: entropy-attn reproduces it, so its own go
           back on (the fused one is what ``disable`` restores there);
         - ``unload_ip_adapter()`` rebuilt each processor as ``value.__class__()``: an unbound
-          entropy-attn processor (see :class:`~entropy_attn.integration.processors.EntropyAttnBase`)
-          on a layer gives way to the enable call's own.
+          entropy-attn processor (see
+          :class:`~entropy_attn.integration.attention_base.EntropyAttnBase`) on a layer gives way
+          to the enable call's own.
         """
         originals = getattr(self.denoiser, "original_attn_processors", None)
         if originals is not self._seen_originals:

@@ -26,6 +26,7 @@ import torch
 from .._extras import needs
 from ..fixes import positions as _positions
 from ..fixes import redilation as _redilation
+from .backends import OWN_BACKENDS, check_backend
 from .denoiser import find_denoiser
 from .generic import EntropyDispatchProcessor
 from .handle import DenoiserState, EntropyAttnHandle, judged_processors
@@ -33,12 +34,10 @@ from .pipelines import controlnet_train_size, controlnets_of, enabled_models, se
 from .plan import LayerExclusion, LayerSelector, Plan, check_plan, make_plan
 from .probe import attention_modules
 from .processors import (
-    OWN_BACKENDS,
     PAG_CHUNKS,
     EntropyAttnProcessor,
     EntropyClassicAttnProcessor,
     EntropyPAGProcessor,
-    check_backend,
     replacement_for,
 )
 from .recording import MODES, EntropyRecorder

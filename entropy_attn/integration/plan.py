@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention_base import kind_of
+from .backends import backend_accepts_scale
 from .denoiser import find_denoiser, pixels_to_latent, training_latent_size, vae_scale_factor_of
 from .families import family_of
 from .generic import built_in_temperature, calls_dispatcher, probe_calls
 from .parallel import check_parallel_config
 from .probe import attention_modules, default_text_tokens, probe_tokens, unwrap
-from .processors import backend_accepts_scale, kind_of, replacement_for
+from .processors import replacement_for
 
 LayerSelector = str | Callable[[str, torch.nn.Module], bool]
 LayerExclusion = Iterable[str] | Callable[[str, torch.nn.Module], bool] | None

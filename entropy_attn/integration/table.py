@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._extras import needs
+from .attention_base import base_scale_of, head_dim_of, kind_of, layer_scale
 from .denoiser import find_denoiser, pixels_to_latent
 from .families import family_of
 from .generic import probe_calls
 from .handle import DenoiserState, judged_processors
 from .plan import LayerExclusion, LayerSelector, Plan, generic_latent, make_plan
 from .probe import attention_modules, probe_tokens, unwrap
-from .processors import base_scale_of, head_dim_of, kind_of, layer_scale
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..integration.attention_base import kind_of
 from ..integration.probe import attention_modules
-from ..integration.processors import kind_of
 from ..science import analysis, plots
 from ..sizes import format_size
 
