@@ -14,6 +14,10 @@ Anything else is a Hugging Face id (``org/name``) or a local pipeline folder. To
 :func:`register` with a :class:`ModelName` below the existing ones, e.g.::
 
     register(ModelName("my-model", "what it is", build=my_pipeline, steps=20))
+
+One file because it is the registry of ``--model`` names and the one place that turns a name
+into a pipeline (built-in, zoo, shipped config or hub id), with the checks that give each kind
+its one-line error.
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ whose keys do not grow with the image attends to text or image-encoder tokens (`
 text and I2V image cross-attention, LTX-Video's text cross-attention, HunyuanVideo's text
 refiner, Z-Image's caption refiner) and keeps its scale. Under ``torch.compile`` each wrapped
 layer runs eagerly (a graph break per layer; see :meth:`EntropyDispatchProcessor.__call__`).
+
+One file because its parts are one mechanism: the interceptor that rebinds a stock processor's
+dispatcher call, the processor that runs that rebound code with the scale, and the meta-device
+probe that counts the same calls with the same interceptor (split apart, each would need the
+others' private classes).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ where ``N`` is the number of key tokens in the call and ``T`` the number the sam
 at the training resolution, counted on the real architecture (see
 :mod:`entropy_attn.integration.probe`). Judging happens in :mod:`.plan`, the undo bookkeeping in
 :mod:`.handle`.
+
+One file because ``enable``'s docstring (about 100 lines) is the reference for every option,
+and the steps it runs (judge every model, install, PAG, size fixes) read in the order they
+happen.
 """
 
 from __future__ import annotations

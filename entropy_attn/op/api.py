@@ -6,6 +6,9 @@ fused kernel from ``entropy_attn.kernels`` (CUDA tensors, or CPU tensors under
 log-sum-exp identity or the materialising oracle); ``"auto"`` picks PyTorch off CUDA and where the
 kernel does not support the call; on CUDA it runs the kernel when the entropy is asked for, and
 otherwise whichever of the kernel and SDPA ``entropy_attn.op.autoselect`` measured faster.
+
+One file because validation, dispatch and the registered custom op are one call path, whose
+private hooks (``_validate``, ``_kernels``, ``_attention_fwd_op``) the tests patch in one place.
 """
 
 from __future__ import annotations
