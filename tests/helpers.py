@@ -47,8 +47,9 @@ FLUX_TEXT_TOKENS = 8  # text tokens of flux_inputs (divisible by a context-paral
 
 
 def tiny_flux(num_single_layers: int = 1, seed: int | None = None):
-    """``FluxTransformer2DModel`` of ``entropy_attn.tiny``'s tiny config, random weights, eval;
-    ``seed`` seeds the weights (the context-parallel workers and their reference must agree)."""
+    """``FluxTransformer2DModel`` of ``TINY_FLUX_TRANSFORMER`` (:mod:`entropy_attn.tiny.pipelines`),
+    random weights, eval; ``seed`` seeds the weights (the context-parallel workers and their
+    reference must agree)."""
     import diffusers
 
     from entropy_attn.tiny.pipelines import TINY_FLUX_TRANSFORMER
