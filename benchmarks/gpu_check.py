@@ -25,7 +25,7 @@ no CUDA device or when the deadline leaves less than the time it needs):
 * ``kernel``: fp16 at eight SD and DiT shapes: the kernel with entropy off and on, SDPA forced
   onto FLASH, cuDNN and EFFICIENT, and the two entropy baselines: the LSE identity with stock SDPA
   (``benchmarks.baselines.lse_attention_entropy``) and the materialising PyTorch entropy;
-* ``auto``: ``backend="auto"``'s decision at each of those shapes (``entropy_attn.autoselect``,
+* ``auto``: ``backend="auto"``'s decision at each of those shapes (``entropy_attn.op.autoselect``,
   timed afresh: its cache goes to ``<out>/autoselect-cache``) with the kernel's and SDPA's time
   as it measured them, then ``attention(backend="auto")`` timed against a bare SDPA call;
 * ``unet-large``: one SD-2.1-base and one SDXL-base UNet step at 768 and 1536 px (fp16, batch 2):
@@ -279,7 +279,7 @@ def stage_parity(ctx: Context) -> None:
     import torch.nn.functional as F
 
     import entropy_attn
-    from entropy_attn.reference import attention_entropy
+    from entropy_attn.op.reference import attention_entropy
 
     eps = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
     generator = torch.Generator().manual_seed(20230614)
@@ -357,7 +357,7 @@ def _bench_case(ctx: Context, case, dtype) -> None:
         materialised_bytes,
     )
     from benchmarks.cases import group_name, make_qkv, output_bytes
-    from entropy_attn.reference import attention_entropy
+    from entropy_attn.op.reference import attention_entropy
 
     query, key, value = make_qkv(case, dtype, ctx.device)
     scale = case.scale
@@ -450,7 +450,7 @@ def stage_auto(ctx: Context) -> None:
     selector unless the cache folder already holds one) and its cost against a bare SDPA call."""
     import torch
 
-    from entropy_attn import autoselect
+    from entropy_attn.op import autoselect
 
     selector = autoselect.AutoSelector()
     previous = autoselect.set_selector(selector)
@@ -469,7 +469,7 @@ def _auto_case(ctx: Context, selector, case) -> None:
 
     import entropy_attn
     from benchmarks.cases import group_name, make_qkv
-    from entropy_attn import autoselect
+    from entropy_attn.op import autoselect
 
     query, key, value = make_qkv(case, torch.float16, ctx.device)
     scale = case.scale

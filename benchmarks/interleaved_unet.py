@@ -11,8 +11,8 @@ rotated from round to round, and the figure of merit is the median over rounds o
 time divided by stock's time *in the same round*. Modes: ``stock`` (diffusers' own processors),
 ``enable`` (``entropy_attn.enable``: the PyTorch path on CPU), ``record`` (``enable`` with
 ``record_entropy=True``: output and entropy from one flash call per layer,
-``entropy_attn.ops.attention_lse``) and ``record-two-calls`` (the same, with that one call
-replaced by SDPA plus :func:`entropy_attn.ops.entropy_lse`, the CPU path before it). The UNet is
+``entropy_attn.op.api.attention_lse``) and ``record-two-calls`` (the same, with that one call
+replaced by SDPA plus :func:`entropy_attn.op.api.entropy_lse`, the CPU path before it). The UNet is
 ``benchmarks/test_bench_unet_cpu.py``'s tiny config with random weights, fp32, batch 2 (guidance),
 one torch thread per core as set by torch. Each timed sample is the mean of ``--steps`` UNet calls.
 
@@ -44,7 +44,7 @@ MODES = ("stock", "enable", "record", "record-two-calls")
 @contextlib.contextmanager
 def two_call_entropy():
     """The CPU entropy path before ``attention_lse``: SDPA for the output, then ``entropy_lse``."""
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     def two_calls(query, key, value, scale=None):
         out = F.scaled_dot_product_attention(query, key, value, scale=scale)

@@ -75,7 +75,7 @@ def auto_lines(records: list[dict]) -> list[str]:
             + [us(r["auto_call_s"]), us(r["sdpa_call_s"]), f"{r['auto_over_sdpa']:.3f}"]
         )
     return [
-        "## backend='auto' (entropy_attn.autoselect)",
+        "## backend='auto' (entropy_attn.op.autoselect)",
         "",
         "Decision per shape (fp16, the kernel kept only when >= 2% faster than SDPA), the two"
         " times it was made from (µs, CUDA-event medians), and `attention(backend='auto')` timed"

@@ -132,10 +132,10 @@ def _host_call(impl: str):
     query, key, value = (_blhd(case, n, generator) for n in (case.seq_q, case.seq_k, case.seq_k))
     entropy = impl.endswith("-on")
     if impl.startswith("triton-dispatch"):
-        from entropy_attn.ops import dispatch
+        from entropy_attn.op.api import dispatch
 
         call = partial(dispatch, query, key, value, case.scale, entropy, "triton")
-        what = "entropy_attn.ops.dispatch(backend='triton'), launch stubbed"
+        what = "entropy_attn.op.api.dispatch(backend='triton'), launch stubbed"
     else:
         call = partial(
             entropy_attn.attention,

@@ -10,7 +10,7 @@ UNet levels, cross-attention with 77 keys, and the SD 1.x head dim 40), in one r
   ``materialise``: full softmax matrix, then ``-(A * A.log()).sum(-1)``.
 * ``test_entropy_cpu``: the CPU entropy target's shape (2, 5, 1024, 64): ``sdpa-default``,
   ``entropy_attn-off`` / ``-on`` (``backend="torch"``; the entropy by the log-sum-exp identity,
-  ``entropy_attn.ops.entropy_lse``), ``oracle-on`` (SDPA and the materialising chunked
+  ``entropy_attn.op.api.entropy_lse``), ``oracle-on`` (SDPA and the materialising chunked
   ``log_softmax`` entropy, the oracle the tests compare against) and ``materialise``.
 * ``test_triton_interpreter``: the Triton kernel itself under ``TRITON_INTERPRET=1`` at one tiny
   shape (1x2x64x64, head dim 16), entropy off and on, with SDPA at the same shape as the in-run
@@ -43,7 +43,7 @@ from benchmarks.cases import (
     output_bytes,
 )
 from benchmarks.timing import TimingPlan, probe, record, timed_rounds, warm_up
-from entropy_attn.reference import attention_reference
+from entropy_attn.op.reference import attention_reference
 
 pytestmark = pytest.mark.cpu_bench
 
@@ -95,7 +95,7 @@ def _implementation(impl: str, case: AttentionCase) -> tuple[Callable[[], object
             "impl": "entropy_attn",
             "variant": "torch-oracle",
             "entropy": True,
-            "baseline": "entropy_attn.reference.attention_reference(return_entropy=True): SDPA, "
+            "baseline": "entropy_attn.op.reference.attention_reference(return_entropy=True): SDPA, "
             "then the materialising chunked log_softmax entropy (the tests' oracle)",
         }
         call = partial(attention_reference, query, key, value, scale, return_entropy=True)

@@ -13,8 +13,9 @@ Excluded: building the model, input creation, warm-up calls. Times are ``time.pe
 times, median over rounds.
 
 ``test_tiny_generation_cpu`` times a whole generation (``pipe(prompt, ...)``, 4 guided steps,
-256 px, ``output_type="pt"``) of ``entropy_attn.tiny.tiny_sd_pipeline`` (trained size 128 px) in
-the same three modes: the code path of the CUDA 50-step generation benchmark, at a size CI runs.
+256 px, ``output_type="pt"``) of ``entropy_attn.tiny.pipelines.tiny_sd_pipeline`` (trained size
+128 px) in the same three modes: the code path of the CUDA 50-step generation benchmark, at a
+size CI runs.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ GENERATION_STEPS_CPU = 4
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    from entropy_attn.tiny import tiny_sd_pipeline
+    from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 
     return tiny_sd_pipeline()
 

@@ -20,7 +20,7 @@ from benchmarks.cases import AttentionCase
 from benchmarks.report_markdown import render_markdown
 from benchmarks.report_results import load_result, shape_rows
 from benchmarks.report_targets import evaluate_targets
-from entropy_attn.reference import attention_entropy
+from entropy_attn.op.reference import attention_entropy
 
 REPO = Path(__file__).resolve().parent.parent
 

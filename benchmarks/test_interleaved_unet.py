@@ -42,7 +42,7 @@ def _count_calls(monkeypatch, module, *names) -> dict[str, int]:
 
 
 def test_two_call_mode_uses_sdpa_plus_entropy_lse_and_restores_the_one_call(monkeypatch):
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     counts = _count_calls(monkeypatch, ops, "entropy_lse")
     one_call = ops.attention_lse
@@ -56,7 +56,7 @@ def test_two_call_mode_uses_sdpa_plus_entropy_lse_and_restores_the_one_call(monk
 
 
 def test_one_round_end_to_end(tmp_path, monkeypatch):
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     counts = _count_calls(monkeypatch, ops, "attention_lse", "entropy_lse")
     output = tmp_path / "ab"

@@ -67,5 +67,5 @@ def test_unet_large_lines_give_each_mode_against_stock(tmp_path: Path):
 def test_the_report_of_a_gpu_check_file_has_both_sections(tmp_path: Path):
     """``python benchmarks/report.py FILE`` rebuilds the whole report of a copied result file."""
     markdown = render_markdown(load_result(_result_file(tmp_path)))
-    assert "## backend='auto' (entropy_attn.autoselect)" in markdown
+    assert "## backend='auto' (entropy_attn.op.autoselect)" in markdown
     assert "| sdxl-base | 1536 | 200.00 | 190.00 | 0.950 | 188.00 | 0.940 |" in markdown

@@ -11,12 +11,12 @@ Jin et al., "Training-free Diffusion Model Adaptation for Variable-Sized Text-to
 """
 
 from ._source_tree import install_kernels_finder
-from .generic import EntropyDispatchProcessor
 from .integration import EntropyAttnHandle, LayerInfo, disable, enable, enabled, layer_table
-from .ops import attention
-from .processors import EntropyAttnProcessor, EntropyJointAttnProcessor
-from .reference import attention_entropy, attention_reference
-from .scale import log_scale
+from .integration.generic import EntropyDispatchProcessor
+from .integration.processors import EntropyAttnProcessor, EntropyJointAttnProcessor
+from .op.api import attention
+from .op.reference import attention_entropy, attention_reference
+from .op.scale import log_scale
 
 install_kernels_finder()
 

@@ -40,6 +40,9 @@ Numerics:
 * Head dims that are not powers of two are split into a power-of-two main tile and a small tail
   tile (80 = 64 + 16, 160 = 128 + 32), each a ``tl.dot`` of its own; columns past the head dim are
   zero-filled by masked loads (zeros add nothing to the dots) and never stored.
+
+One file because a Triton kernel, its ``@triton.jit`` helpers, its autotune configs and the
+launch plan that picks tiles per head dim and GPU must change together.
 """
 
 from __future__ import annotations

@@ -68,17 +68,19 @@ def _restore_diffusers_active_backend():
 
 @pytest.fixture(scope="session")
 def tiny_sd():
-    """``entropy_attn.tiny.tiny_sd_pipeline()`` (seed 0), shared by the session: do not modify."""
+    """``entropy_attn.tiny.pipelines.tiny_sd_pipeline()`` (seed 0), shared by the session: do
+    not modify."""
     pytest.importorskip("diffusers")
-    from entropy_attn.tiny import tiny_sd_pipeline
+    from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 
     return tiny_sd_pipeline()
 
 
 @pytest.fixture(scope="session")
 def tiny_ldm():
-    """``entropy_attn.tiny.tiny_ldm_pipeline()`` (seed 0), shared by the session: do not modify."""
+    """``entropy_attn.tiny.pipelines.tiny_ldm_pipeline()`` (seed 0), shared by the session: do
+    not modify."""
     pytest.importorskip("diffusers")
-    from entropy_attn.tiny import tiny_ldm_pipeline
+    from entropy_attn.tiny.pipelines import tiny_ldm_pipeline
 
     return tiny_ldm_pipeline()

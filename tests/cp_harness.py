@@ -24,11 +24,13 @@ import socket
 import tempfile
 import traceback
 
+import helpers
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import FLUX_TEXT_TOKENS, flux_inputs
 
-TEXT = 8  # text tokens of the tiny FLUX inputs (divisible by the world size)
+TEXT = FLUX_TEXT_TOKENS  # text tokens of the tiny FLUX inputs (divisible by the world size)
 
 
 def patch_diffusers_for_cpu() -> None:
@@ -113,27 +115,7 @@ def run_workers(scenario, world: int = 2, **kwargs) -> list:
 
 
 def tiny_flux():
-    import diffusers
-
-    from entropy_attn import tiny
-
-    torch.manual_seed(0)
-    return diffusers.FluxTransformer2DModel(**tiny.TINY_FLUX_TRANSFORMER).eval()
-
-
-def flux_inputs(latent_h: int, latent_w: int, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    h, w = latent_h // 2, latent_w // 2  # FLUX packs 2x2 latent pixels per token
-    ids = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1)
-    img_ids = torch.cat([torch.zeros(h * w, 1), ids.reshape(-1, 2).float()], dim=1)
-    return dict(
-        hidden_states=torch.randn(1, h * w, 16, generator=g),
-        encoder_hidden_states=torch.randn(1, TEXT, 32, generator=g),
-        pooled_projections=torch.randn(1, 32, generator=g),
-        timestep=torch.tensor([0.5]),
-        img_ids=img_ids,
-        txt_ids=torch.zeros(TEXT, 3),
-    )
+    return helpers.tiny_flux(seed=0)
 
 
 def run_model(model, inputs: dict) -> torch.Tensor:

@@ -40,3 +40,39 @@ def assert_close(actual, expected, *, atol: float, rtol: float, what: str = "") 
 
 def max_err(actual, expected) -> float:
     return (actual.double().cpu() - expected.double().cpu()).abs().max().item()
+
+
+# A tiny FLUX transformer and its inputs, shared by tests/test_dit.py and tests/cp_harness.py.
+FLUX_TEXT_TOKENS = 8  # text tokens of flux_inputs (divisible by a context-parallel world of 2)
+
+
+def tiny_flux(num_single_layers: int = 1, seed: int | None = None):
+    """``FluxTransformer2DModel`` of ``TINY_FLUX_TRANSFORMER`` (:mod:`entropy_attn.tiny.pipelines`),
+    random weights, eval; ``seed`` seeds the weights (the context-parallel workers and their
+    reference must agree)."""
+    import diffusers
+
+    from entropy_attn.tiny.pipelines import TINY_FLUX_TRANSFORMER
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = dict(TINY_FLUX_TRANSFORMER, num_single_layers=num_single_layers)
+    return diffusers.FluxTransformer2DModel(**config).eval()
+
+
+def flux_inputs(latent_h: int, latent_w: int, seed: int = 0) -> dict:
+    """Seeded forward inputs of :func:`tiny_flux` for a ``latent_h x latent_w`` latent (FLUX
+    packs 2x2 latent pixels per token) and :data:`FLUX_TEXT_TOKENS` text tokens."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = latent_h // 2, latent_w // 2
+    ids = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1)
+    img_ids = torch.cat([torch.zeros(h * w, 1), ids.reshape(-1, 2).float()], dim=1)
+    text = FLUX_TEXT_TOKENS
+    return dict(
+        hidden_states=torch.randn(1, h * w, 16, generator=g),
+        encoder_hidden_states=torch.randn(1, text, 32, generator=g),
+        pooled_projections=torch.randn(1, 32, generator=g),
+        timestep=torch.tensor([0.5]),
+        img_ids=img_ids,
+        txt_ids=torch.zeros(text, 3),
+    )

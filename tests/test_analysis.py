@@ -6,7 +6,7 @@ the keys, with variance ``sigma_i^2 = lambda^2 |q_i|^2`` for unit keys, has entr
 (the fused Triton kernel, under ``TRITON_INTERPRET=1`` on CPU) and check the slope and intercept
 of entropy against ``ln N`` with the stock scale, and the lower slope Eq. 5 predicts for
 ``log_scale``. Tolerances come from two sources, each stated where used: the finite-``N`` bias
-of Eq. 5 (``analysis.finite_n_bias``: ``+(s2 e^s2 - (e^s2 - 1)/2) / N``, 0.029 at N = 64 for
+of Eq. 5 (``theory.finite_n_bias``: ``+(s2 e^s2 - (e^s2 - 1)/2) / N``, 0.029 at N = 64 for
 ``s2 = 1``, which tilts a fit over N = 64..16384 by about -0.003 in slope and +0.04 in intercept)
 and Monte-Carlo noise (spread of the fitted slope over seeds: about 0.004 with 64 query rows,
 0.002 with 1024; of the intercept: 0.03 with 64 rows, 0.006 with 1024).
@@ -26,8 +26,8 @@ import pytest
 import torch
 
 import entropy_attn
-from entropy_attn import analysis
-from entropy_attn.tiny import tiny_ldm_pipeline, tiny_sd_pipeline
+from entropy_attn.science import analysis, plots, theory
+from entropy_attn.tiny.pipelines import tiny_ldm_pipeline, tiny_sd_pipeline
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N_VALUES = (64, 256, 1024, 4096, 16384)
@@ -39,14 +39,14 @@ HEAD_DIM = 64
 
 
 def test_fit_line_recovers_an_exact_line_and_matches_numpy():
-    fit = analysis.fit_line([1.0, 2.0, 4.0], [1.0, 3.0, 7.0])  # y = 2x - 1
+    fit = theory.fit_line([1.0, 2.0, 4.0], [1.0, 3.0, 7.0])  # y = 2x - 1
     assert fit.slope == pytest.approx(2.0, abs=1e-12)
     assert fit.intercept == pytest.approx(-1.0, abs=1e-12)
     assert fit.rms == pytest.approx(0.0, abs=1e-12)
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=9), rng.normal(size=9)
     slope, intercept = np.polyfit(x, y, 1)
-    fit = analysis.fit_line(x.tolist(), y.tolist())
+    fit = theory.fit_line(x.tolist(), y.tolist())
     assert (fit.slope, fit.intercept) == pytest.approx((slope, intercept), abs=1e-12)
     residual = y - (slope * x + intercept)
     assert fit.rms == pytest.approx(float(np.sqrt(np.mean(residual**2))), abs=1e-12)
@@ -58,7 +58,7 @@ def test_fit_line_recovers_an_exact_line_and_matches_numpy():
 )
 def test_fit_line_errors(x, y, pattern):
     with pytest.raises(ValueError, match=pattern):
-        analysis.fit_line(x, y)
+        theory.fit_line(x, y)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_fit_line_errors(x, y, pattern):
 def test_gaussian_curve_errors(kwargs, exc, pattern):
     options = {"n_values": (16, 32)} | kwargs
     with pytest.raises(exc, match=pattern):
-        analysis.gaussian_entropy_curve(**options)
+        theory.gaussian_entropy_curve(**options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,20 +84,20 @@ def test_gaussian_curve_errors(kwargs, exc, pattern):
 
 @pytest.fixture(scope="module")
 def kernel_stock():
-    return analysis.gaussian_entropy_curve(
+    return theory.gaussian_entropy_curve(
         N_VALUES, HEAD_DIM, query_tokens=64, backend="triton", device=DEVICE
     )
 
 
 @pytest.fixture(scope="module")
 def kernel_log_scale():
-    return analysis.gaussian_entropy_curve(
+    return theory.gaussian_entropy_curve(
         N_VALUES,
         HEAD_DIM,
         query_tokens=64,
         backend="triton",
         device=DEVICE,
-        scale_fn=analysis.entropy_preserving_scale(256),
+        scale_fn=theory.entropy_preserving_scale(256),
     )
 
 
@@ -109,7 +109,7 @@ def test_kernel_entropy_grows_like_log_n(kernel_stock):
     Measured here: slope 0.992 (first-order Eq. 5 with the finite-N bias: 0.995). The kernel's
     numbers equal the PyTorch oracle's on the same inputs (same queries and keys by seed).
     """
-    oracle = analysis.gaussian_entropy_curve(
+    oracle = theory.gaussian_entropy_curve(
         N_VALUES, HEAD_DIM, query_tokens=64, backend="torch", device=DEVICE
     )
     np.testing.assert_allclose(kernel_stock.entropy, oracle.entropy, rtol=0, atol=2e-5)
@@ -117,7 +117,7 @@ def test_kernel_entropy_grows_like_log_n(kernel_stock):
     assert abs(kernel_stock.fit.slope - 1.0) < 0.05, kernel_stock.fit
     # Eq. 5 plus its first-order 1/N bias, fitted over the same N: slope 0.995. Tolerance: 3.5x
     # the seed-to-seed spread of the slope with 64 rows (0.004).
-    corrected = analysis.fit_entropy_vs_log_n(N_VALUES, kernel_stock.eq5_corrected)
+    corrected = theory.fit_entropy_vs_log_n(N_VALUES, kernel_stock.eq5_corrected)
     assert abs(kernel_stock.fit.slope - corrected.slope) < 0.015, (kernel_stock.fit, corrected)
     # Entropy never exceeds the uniform ln N, and sits below it by about sigma^2/2 ~ 0.5.
     gaps = [math.log(n) - h for n, h in zip(N_VALUES, kernel_stock.entropy, strict=True)]
@@ -133,7 +133,7 @@ def test_kernel_log_scale_lowers_the_slope_as_eq5_predicts(kernel_stock, kernel_
     finite-N bias moves the fitted slope by -0.003 and the seed spread is 0.004 (3x = 0.012).
     At N = T the scale is exactly 1/sqrt(d), so that point equals the stock curve bit for bit.
     """
-    predicted = analysis.eq5_log_scale_slope(256)
+    predicted = theory.eq5_log_scale_slope(256)
     assert predicted == pytest.approx(1 - 1 / (2 * math.log(256)), abs=1e-15)
     assert abs(kernel_log_scale.fit.slope - predicted) < 0.015, (kernel_log_scale.fit, predicted)
     assert abs(kernel_log_scale.eq5_fit.slope - predicted) < 0.005  # only |q_i|^2 sampling
@@ -155,13 +155,13 @@ def test_intercept_is_minus_half_the_logit_variance():
     below from ``finite_n_bias``). Tolerances: 0.02 against the bias-corrected intercept
     (3x the intercept's seed spread of 0.006), and |bias shift| + 0.02 against -sigma^2/2.
     """
-    curve = analysis.gaussian_entropy_curve(N_VALUES, HEAD_DIM, query_tokens=1024, backend="torch")
+    curve = theory.gaussian_entropy_curve(N_VALUES, HEAD_DIM, query_tokens=1024, backend="torch")
     sigma2 = curve.logit_variance[0]
     assert curve.logit_variance == (sigma2,) * len(N_VALUES)  # stock: independent of N
     assert sigma2 == pytest.approx(1.0, abs=0.05)  # E|q|^2/d = 1 for unit queries
     assert curve.eq5_fit.slope == pytest.approx(1.0, abs=1e-12)
     assert curve.eq5_fit.intercept == pytest.approx(-sigma2 / 2, abs=1e-12)
-    corrected = analysis.fit_entropy_vs_log_n(N_VALUES, curve.eq5_corrected)
+    corrected = theory.fit_entropy_vs_log_n(N_VALUES, curve.eq5_corrected)
     bias_shift = corrected.intercept - curve.eq5_fit.intercept
     assert 0.03 < bias_shift < 0.06, bias_shift
     assert abs(curve.fit.intercept - corrected.intercept) < 0.02, (curve.fit, corrected)
@@ -177,11 +177,11 @@ def test_log_scale_slope_with_scaled_queries():
     by the same bias), well above.
     """
     kwargs = {"query_tokens": 1024, "backend": "torch", "query_std": 1.5}
-    ours = analysis.gaussian_entropy_curve(
-        N_VALUES, HEAD_DIM, scale_fn=analysis.entropy_preserving_scale(1024), **kwargs
+    ours = theory.gaussian_entropy_curve(
+        N_VALUES, HEAD_DIM, scale_fn=theory.entropy_preserving_scale(1024), **kwargs
     )
-    stock = analysis.gaussian_entropy_curve(N_VALUES, HEAD_DIM, **kwargs)
-    predicted = analysis.eq5_log_scale_slope(1024, query_std=1.5)
+    stock = theory.gaussian_entropy_curve(N_VALUES, HEAD_DIM, **kwargs)
+    predicted = theory.eq5_log_scale_slope(1024, query_std=1.5)
     assert predicted == pytest.approx(1 - 2.25 / (2 * math.log(1024)), abs=1e-15)
     assert abs(ours.fit.slope - predicted) < 0.02, (ours.fit, predicted)
     assert ours.fit.slope < stock.fit.slope - 0.1, (ours.fit, stock.fit)
@@ -190,9 +190,9 @@ def test_log_scale_slope_with_scaled_queries():
 
 def test_finite_n_bias_formula():
     # s2 = 1: (e - (e - 1)/2) / N = 1.8591 / N.
-    assert analysis.finite_n_bias(64, 1.0) == pytest.approx((math.e - (math.e - 1) / 2) / 64)
-    assert analysis.finite_n_bias(64, 0.0) == 0.0
-    assert analysis.eq5_entropy(1024, 1.0) == pytest.approx(math.log(1024) - 0.5)
+    assert theory.finite_n_bias(64, 1.0) == pytest.approx((math.e - (math.e - 1) / 2) / 64)
+    assert theory.finite_n_bias(64, 0.0) == 0.0
+    assert theory.eq5_entropy(1024, 1.0) == pytest.approx(math.log(1024) - 0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +281,8 @@ def test_plots_write_pngs(tmp_path):
         for method, layers in analysis.compare_layer_entropy(pipe, size, steps=1).items():
             rows += layers
             series[f"{size}x{size} {method}"] = layers
-    fig5 = analysis.plot_entropy_vs_log_n(analysis.fit_levels(rows), tmp_path / "fig5.png")
-    fig6 = analysis.plot_layer_entropy(series, tmp_path / "fig6.png")
+    fig5 = plots.plot_entropy_vs_log_n(analysis.fit_levels(rows), tmp_path / "fig5.png")
+    fig6 = plots.plot_layer_entropy(series, tmp_path / "fig6.png")
     for path, size in ((fig5, (640, 440)), (fig6, (720, 640))):
         with Image.open(path) as image:
             assert image.size == size

@@ -1,5 +1,5 @@
 """``backend="auto"`` on CUDA picks the faster of the fused kernel and SDPA
-(``entropy_attn.autoselect``): every rule checked on the CPU with an injected timer, GPU name and
+(``entropy_attn.op.autoselect``): every rule checked on the CPU with an injected timer, GPU name and
 capture flag, and the op layer's hook run through the Triton interpreter at a tiny shape."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from entropy_attn import autoselect, ops
+from entropy_attn.op import api as ops
+from entropy_attn.op import autoselect
 
 VERSIONS = {"torch": "2.11.0", "cuda": "12.8", "triton": "3.6.0", "entropy-attn": "0.1.0"}
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import entropy_attn
-from entropy_attn import autoselect
+from entropy_attn.op import autoselect
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU only")
 

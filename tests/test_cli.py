@@ -21,10 +21,11 @@ import torch
 from PIL import Image
 
 import entropy_attn
-from entropy_attn import analysis, cli, configs
+from entropy_attn import cli, configs
 from entropy_attn._quiet import quiet_library_logs
 from entropy_attn.cli import bench, common, models, output
-from entropy_attn.tiny import tiny_sd_pipeline
+from entropy_attn.science import analysis
+from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 
 pytest.importorskip("diffusers")
 pytest.importorskip("matplotlib")
@@ -956,7 +957,7 @@ def test_tiny_models_and_built_pipelines_run_quietly(tmp_path):
 import torch
 from entropy_attn import configs
 from entropy_attn.cli import main
-from entropy_attn.tiny import tiny_sd_pipeline
+from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 tiny_sd_pipeline()
 assert main(["generate", "--model", "tiny-ldm", "--prompt", "a cat", "--size", "64",
              "--steps", "1", "--out", {str(tmp_path)!r}]) == 0
@@ -1003,11 +1004,11 @@ def test_r2_item9_damaged_zoo_weights_give_one_line_and_exit_2(
 ):
     import shutil
 
-    from entropy_attn import zoo
+    from entropy_attn.zoo import load
 
-    shutil.copytree(zoo.WEIGHTS / "digits-unet", tmp_path / "weights" / "digits-unet")
+    shutil.copytree(load.WEIGHTS / "digits-unet", tmp_path / "weights" / "digits-unet")
     damaged = damage(tmp_path / "weights" / "digits-unet", how)
-    monkeypatch.setattr(zoo, "WEIGHTS", tmp_path / "weights")
+    monkeypatch.setattr(load, "WEIGHTS", tmp_path / "weights")
     code, out, err = run([*argv, "--out", tmp_path / "out"] if argv[0] == "demo" else argv, capsys)
     assert code == 2, err
     lines = err.strip().splitlines()

@@ -7,17 +7,19 @@ stock processor does (rotary embeddings, QK norms, output projections) is the li
 
 from __future__ import annotations
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import FLUX_TEXT_TOKENS, assert_close, flux_inputs
 
 import entropy_attn
-from entropy_attn import configs, tiny
+from entropy_attn import configs
+from entropy_attn.tiny import pipelines as tiny
 
 diffusers = pytest.importorskip("diffusers")
 
-TEXT = 8  # text tokens in these tests
+TEXT = FLUX_TEXT_TOKENS  # text tokens in these tests
 
 
 def tiny_sd3():
@@ -26,9 +28,7 @@ def tiny_sd3():
 
 def tiny_flux():
     # Two single-stream blocks, to check that every block of that kind is replaced.
-    return diffusers.FluxTransformer2DModel(
-        **dict(tiny.TINY_FLUX_TRANSFORMER, num_single_layers=2)
-    ).eval()
+    return helpers.tiny_flux(num_single_layers=2)
 
 
 def tiny_pixart():
@@ -45,21 +45,6 @@ def sd3_inputs(latent_h, latent_w, seed=0):
         encoder_hidden_states=torch.randn(2, TEXT, 32, generator=g),
         pooled_projections=torch.randn(2, 64, generator=g),
         timestep=torch.tensor([500.0, 500.0]),
-    )
-
-
-def flux_inputs(latent_h, latent_w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    h, w = latent_h // 2, latent_w // 2  # FLUX packs 2x2 latent pixels per token
-    ids = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1)
-    img_ids = torch.cat([torch.zeros(h * w, 1), ids.reshape(-1, 2).float()], dim=1)
-    return dict(
-        hidden_states=torch.randn(1, h * w, 16, generator=g),
-        encoder_hidden_states=torch.randn(1, TEXT, 32, generator=g),
-        pooled_projections=torch.randn(1, 32, generator=g),
-        timestep=torch.tensor([0.5]),
-        img_ids=img_ids,
-        txt_ids=torch.zeros(TEXT, 3),
     )
 
 
@@ -294,7 +279,7 @@ def test_chosen_attention_backend_is_not_dropped():
     "build,inputs", [(tiny_sd3, sd3_inputs), (tiny_pixart, pixart_inputs)], ids=["sd3", "pixart"]
 )
 def test_r2_item2_fuse_qkv_projections_while_enabled_on_transformers(build, inputs):
-    from entropy_attn.processors import _EntropyAttnBase
+    from entropy_attn.integration.attention_base import EntropyAttnBase
 
     model = build()
     before = dict(model.attn_processors)
@@ -315,6 +300,6 @@ def test_r2_item2_fuse_qkv_projections_while_enabled_on_transformers(build, inpu
     assert all("Fused" in type(p).__name__ for p in model.attn_processors.values())
     model.unfuse_qkv_projections()
     now = model.attn_processors
-    assert not any(isinstance(p, _EntropyAttnBase) for p in now.values())
+    assert not any(isinstance(p, EntropyAttnBase) for p in now.values())
     assert all(now[name] is p for name, p in before.items())
     assert torch.equal(run(), stock)

@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from entropy_attn import cli, evaluation
-from entropy_attn.evaluation import image_path
-from entropy_attn.tiny import tiny_clip_tokenizer, tiny_sd_pipeline
+from entropy_attn import cli
+from entropy_attn.science import evaluation
+from entropy_attn.science.evaluation import image_path
+from entropy_attn.tiny.pipelines import tiny_clip_tokenizer, tiny_sd_pipeline
 
 pytest.importorskip("diffusers")
 

@@ -32,8 +32,8 @@ def test_install_line_names_the_extras():
 
 
 def test_tiny_pipelines_name_the_diffusers_extra(monkeypatch):
-    from entropy_attn.tiny import tiny_sd_pipeline
-    from entropy_attn.tiny_pipelines import tiny_sd_img2img_pipeline
+    from entropy_attn.tiny.pipelines import tiny_sd_pipeline
+    from entropy_attn.tiny.variants import tiny_sd_img2img_pipeline
 
     _hide(monkeypatch, "diffusers")
     for builder in (tiny_sd_pipeline, tiny_sd_img2img_pipeline):
@@ -66,7 +66,7 @@ def test_zoo_names_its_extras(monkeypatch):
 
 
 def test_triton_backend_names_the_triton_extra(monkeypatch):
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     _hide(monkeypatch, "triton")
     q = torch.zeros(1, 1, 4, 8)

@@ -1,4 +1,5 @@
-"""The generic dispatcher path (entropy_attn.generic) on tiny configs of the real classes.
+"""The generic dispatcher path (entropy_attn.integration.generic) on tiny configs of the real
+classes.
 
 Video DiTs (Wan 2.1 T2V / I2V, Wan 2.2's two experts, HunyuanVideo, LTX-Video, CogVideoX) and image
 DiTs (Qwen-Image, FLUX.2, Z-Image, Chroma), one or two blocks each, random weights. The reference
@@ -17,8 +18,8 @@ from helpers import assert_close
 
 import entropy_attn
 from entropy_attn import configs
-from entropy_attn.families import FAMILIES
-from entropy_attn.probe import attention_modules
+from entropy_attn.integration.families import FAMILIES
+from entropy_attn.integration.probe import attention_modules
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -514,7 +515,7 @@ def test_layers_all_rescales_cross_attention_with_its_own_T():
 def test_recorded_entropy_of_a_masked_call_uses_the_mask(monkeypatch):
     # HunyuanVideo's joint attention passes the text padding mask to the dispatcher: recorded
     # entropy must count only the keys the mask lets through (here 3 of 8 text tokens are pads).
-    from entropy_attn.reference import attention_entropy
+    from entropy_attn.op.reference import attention_entropy
 
     model = build("hunyuan-video")
     family = FAMILIES[type(model).__name__]

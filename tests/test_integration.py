@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from helpers import DEVICE, assert_close
 
 import entropy_attn
-from entropy_attn.reference import attention_entropy
-from entropy_attn.tiny import tiny_ldm_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
+from entropy_attn.op.reference import attention_entropy
+from entropy_attn.tiny.pipelines import tiny_ldm_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
@@ -307,7 +307,7 @@ def test_pipeline_runs_real_triton_kernel():
     pipe = tiny_sd_pipeline().to(DEVICE)
     latents, t, context = (x.to(DEVICE) for x in unet_inputs(pipe, 64, 96, batch=1))
     calls = []
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     original = ops._attention_fwd
 
@@ -446,7 +446,7 @@ class _MyUNet(__import__("diffusers").UNet2DConditionModel):
     ids=["subclass", "addition_embed_type", "class_embed_type"],
 )
 def test_r2_item8_probe_refusals_name_the_feature_not_the_size(build, feature):
-    from entropy_attn import probe
+    from entropy_attn.integration import probe
 
     unet = build()
     before = {name: m.processor for name, m in probe.attention_modules(unet).items()}
@@ -465,6 +465,6 @@ def test_r2_item8_probe_refusals_name_the_feature_not_the_size(build, feature):
 
 
 def _tiny_unet_config() -> dict:
-    from entropy_attn import tiny
+    from entropy_attn.tiny import pipelines as tiny
 
     return dict(tiny._TINY_UNET)

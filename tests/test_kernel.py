@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers import DEVICE, assert_close, max_err, randn
 
 import entropy_attn
-from entropy_attn.reference import attention_entropy
+from entropy_attn.op.reference import attention_entropy
 
 ON_CUDA = DEVICE == "cuda"
 bf16_needs_cuda = pytest.mark.skipif(
@@ -197,8 +197,8 @@ def test_head_dim_split(head_dim, split):
 
 
 def test_kernel_and_op_agree_on_max_head_dim():
-    from entropy_attn import ops
     from entropy_attn.kernels import attention_fwd as kernels
+    from entropy_attn.op import api as ops
 
     assert kernels.MAX_HEAD_DIM == ops.MAX_HEAD_DIM
 
@@ -206,7 +206,7 @@ def test_kernel_and_op_agree_on_max_head_dim():
 def test_custom_op_opcheck(generator):
     """The torch.library registration is consistent (fake impl, schema, dispatch)."""
     q, k, v = make_qkv(1, 2, 33, 40, 16, torch.float32, generator)
-    from entropy_attn.ops import _attention_fwd_op
+    from entropy_attn.op.api import _attention_fwd_op
 
     for return_entropy in (True, False):
         for return_lse in (True, False):
@@ -420,7 +420,7 @@ def test_launch_plan_is_cached_and_reuses_the_tuned_config(monkeypatch, generato
 def test_eager_call_skips_the_custom_op_but_compile_keeps_it(monkeypatch, generator):
     """Eager calls go straight to the launcher (no torch.library dispatch); the registered op is
     what torch.compile traces (see test_torch_compile_traces_without_graph_break)."""
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     called = []
     monkeypatch.setattr(ops, "_attention_fwd_op", lambda *a: called.append(a))

@@ -16,7 +16,7 @@ from helpers import DEVICE, assert_close
 
 import entropy_attn
 from entropy_attn.kernels import attention_fwd as fwd
-from entropy_attn.reference import attention_entropy
+from entropy_attn.op.reference import attention_entropy
 
 
 def _tiles(configs) -> list[tuple[int, int, int, int]]:

@@ -16,9 +16,9 @@ import torch
 from helpers import assert_close
 
 import entropy_attn
-from entropy_attn.probe import attention_modules
-from entropy_attn.processors import EntropyClassicAttnProcessor
-from entropy_attn.tiny import tiny_sd_pipeline
+from entropy_attn.integration.probe import attention_modules
+from entropy_attn.integration.processors import EntropyClassicAttnProcessor
+from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 
 pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import (  # noqa: E402
@@ -249,7 +249,7 @@ def test_item11_attention_slicing_keeps_its_slice_size(monkeypatch):
 def test_item11_sliced_layer_on_the_fused_kernel_is_not_sliced(monkeypatch):
     """On the fused kernel (CUDA; here TRITON_INTERPRET=1) a sliced layer attends in one call:
     the kernel never materialises the scores, so slicing would only cost launches."""
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     pipe = tiny_sd_pipeline()
     name = "mid_block.attentions.0.transformer_blocks.0.attn1"  # 4x6 tokens at 64x96 px

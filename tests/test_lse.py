@@ -8,7 +8,7 @@ import torch
 from helpers import assert_close, randn
 
 import entropy_attn
-from entropy_attn.reference import attention_entropy, attention_logsumexp
+from entropy_attn.op.reference import attention_entropy, attention_logsumexp
 
 # |LSE| is ~ln(seq_k) + a few nats here; fp32 rounding of the logits and their sum costs ~1e-6.
 LSE_TOL = dict(atol=2e-5, rtol=1e-6)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from helpers import DEVICE, assert_close, randn
 
 import entropy_attn
-from entropy_attn.reference import attention_entropy, attention_reference
+from entropy_attn.op.reference import attention_entropy, attention_reference
 
 # ---------------------------------------------------------------------------------------------
 # log_scale
@@ -273,7 +273,7 @@ def test_triton_on_cpu_without_interpreter_is_explained(monkeypatch):
 
 def test_validation_skipped_while_compiling(monkeypatch):
     calls = []
-    import entropy_attn.ops as ops
+    import entropy_attn.op.api as ops
 
     monkeypatch.setattr(ops, "_validate", lambda *a: calls.append(a))
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
@@ -383,7 +383,7 @@ def _hard_attention64(q, k, v):
 
 
 @pytest.mark.parametrize("backend", BOTH_BACKENDS)
-@pytest.mark.parametrize("scale", [1e38, 1e300, entropy_attn.ops.HARD_SCALE])
+@pytest.mark.parametrize("scale", [1e38, 1e300, entropy_attn.op.api.HARD_SCALE])
 def test_item8_huge_scale_gives_hard_attention(backend, scale, generator):
     """Scales whose logits would overflow fp32 give the limit answer: hard attention on the
     maximal logit (entropy 0), and ln 2 where two keys tie (a duplicated key), not NaN."""
@@ -401,8 +401,8 @@ def test_item8_huge_scale_gives_hard_attention(backend, scale, generator):
 
 
 def test_hard_scale_is_the_same_in_op_and_kernel():
-    from entropy_attn import ops
     from entropy_attn.kernels import attention_fwd as kernels
+    from entropy_attn.op import api as ops
 
     assert ops.HARD_SCALE == kernels.HARD_SCALE == 2.0**64
 
@@ -492,7 +492,7 @@ def test_item10_log_scale_with_huge_head_dim_is_a_named_error():
     ],
 )
 def test_lse_entropy_matches_oracle(shape_q, shape_k, dtype, scale, generator):
-    from entropy_attn.ops import entropy_lse
+    from entropy_attn.op.api import entropy_lse
 
     q = randn(shape_q, dtype, generator, device="cpu", scale=2.0)
     k = randn(shape_k, dtype, generator, device="cpu", scale=2.0)
@@ -507,7 +507,7 @@ def test_lse_entropy_matches_oracle(shape_q, shape_k, dtype, scale, generator):
 
 
 def test_lse_entropy_strided_inputs(generator):
-    from entropy_attn.ops import entropy_lse
+    from entropy_attn.op.api import entropy_lse
 
     q = randn((2, 77, 3, 40), torch.float32, generator, device="cpu").transpose(1, 2)
     k = randn((2, 3, 90, 80), torch.float32, generator, device="cpu")[..., ::2]
@@ -517,7 +517,7 @@ def test_lse_entropy_strided_inputs(generator):
 
 def test_lse_entropy_falls_back_to_the_oracle_for_large_logits(generator):
     """|LSE| > 256: the subtraction would lose digits, so those rows come from the oracle."""
-    from entropy_attn.ops import entropy_lse
+    from entropy_attn.op.api import entropy_lse
 
     q = randn((1, 2, 20, 64), torch.float32, generator, device="cpu", scale=12.0)
     k = randn((1, 2, 50, 64), torch.float32, generator, device="cpu", scale=12.0)
@@ -529,7 +529,7 @@ def test_lse_entropy_falls_back_to_the_oracle_for_large_logits(generator):
 def test_torch_backend_paths_one_call_lse_and_oracle(monkeypatch, generator):
     """fp32 without grad: one flash call for output and entropy (attention_lse); fp16: SDPA's own
     output plus entropy_lse; with grad: SDPA plus the differentiable oracle."""
-    from entropy_attn import ops
+    from entropy_attn.op import api as ops
 
     calls = {"one": 0, "lse": 0}
     real_one, real_lse = ops.attention_lse, ops.entropy_lse
@@ -577,7 +577,7 @@ def test_torch_backend_paths_one_call_lse_and_oracle(monkeypatch, generator):
 def test_one_call_lse_matches_oracle_and_sdpa(shape_q, shape_k, dtype, scale, generator):
     """attention_lse: the output against SDPA and the fp64 reference, the entropy against the
     materialising oracle in fp64, and against entropy_lse (the same identity, two calls)."""
-    from entropy_attn.ops import attention_lse, entropy_lse
+    from entropy_attn.op.api import attention_lse, entropy_lse
 
     q = randn(shape_q, dtype, generator, device="cpu", scale=2.0)
     k = randn(shape_k, dtype, generator, device="cpu", scale=2.0)
@@ -599,7 +599,7 @@ def test_one_call_lse_matches_oracle_and_sdpa(shape_q, shape_k, dtype, scale, ge
 def test_one_call_lse_strided_inputs_large_logits_and_nan(generator):
     """(B, L, H, D) views and a sliced head dim; rows with |LSE| > 256 from the oracle; a NaN in
     a query row gives that row NaN output and entropy, the other rows unchanged."""
-    from entropy_attn.ops import attention_lse
+    from entropy_attn.op.api import attention_lse
 
     q = randn((2, 77, 3, 40), torch.float32, generator, device="cpu").transpose(1, 2)
     k = randn((2, 3, 90, 80), torch.float32, generator, device="cpu")[..., ::2]
@@ -659,7 +659,7 @@ def large_norm_keys(generator, offset=1e3, query_scale=8.0, shape=(1, 2, 64, 64)
 
 @pytest.mark.parametrize("one_call", [False, True], ids=["entropy_lse", "attention_lse"])
 def test_r2_item10_lse_entropy_catches_cancellation_of_large_norm_keys(one_call, generator):
-    from entropy_attn.ops import attention_lse, entropy_lse
+    from entropy_attn.op.api import attention_lse, entropy_lse
 
     q, k = large_norm_keys(generator)
     scale = 64**-0.5

@@ -81,3 +81,17 @@ def test_repository_root_does_not_shadow_hugging_face_kernels() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip().splitlines()[-1]).parent != REPO / "kernels"
+
+
+def test_every_subpackage_is_in_the_wheel_list() -> None:
+    """pyproject lists the packages a wheel holds (setuptools finds none by itself here): every
+    folder of entropy_attn/ with an ``__init__.py`` must be listed, and nothing else."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    folders = {
+        ".".join(path.parent.relative_to(REPO).parts)
+        for path in (REPO / "entropy_attn").rglob("__init__.py")
+    }
+    assert listed == folders | {"entropy_attn.kernels"}, sorted(listed ^ folders)

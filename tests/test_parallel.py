@@ -17,14 +17,14 @@ import torch
 from helpers import assert_close, randn
 
 import entropy_attn
-from entropy_attn.parallel import (
+from entropy_attn.integration.parallel import (
     ShardAttention,
     check_parallel_config,
     cp_degree,
     global_key_tokens,
     merge_attention,
 )
-from entropy_attn.reference import attention_entropy, attention_logsumexp
+from entropy_attn.op.reference import attention_entropy, attention_logsumexp
 
 diffusers = pytest.importorskip("diffusers")
 cp_harness = pytest.importorskip("cp_harness")
@@ -109,7 +109,7 @@ def test_generic_processor_parallel_config_is_its_stock_processors():
     after disable; a stock processor without the attribute gives the wrapper none either."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from entropy_attn.generic import EntropyDispatchProcessor, probe_calls
+    from entropy_attn.integration.generic import EntropyDispatchProcessor, probe_calls
 
     model = cp_harness.tiny_flux()
     stock = dict(model.attn_processors)
@@ -139,7 +139,7 @@ def test_generic_processor_parallel_config_is_its_stock_processors():
 def test_generic_path_refuses_recording_a_masked_call_under_context_parallelism():
     """A masked call made with a context-parallel config cannot be recorded (the shard op takes
     no mask): a clear error naming the layer, before any collective."""
-    from entropy_attn.generic import _Call
+    from entropy_attn.integration.generic import _Call
 
     model = cp_harness.tiny_flux()
     entropy_attn.enable(model, record_entropy=True, **cp_harness.FLUX_OPTIONS)
@@ -157,7 +157,7 @@ def test_generic_path_refuses_recording_a_masked_call_under_context_parallelism(
 
 
 def test_backend_without_context_parallelism_is_refused():
-    from entropy_attn.processors import check_context_parallel_backend
+    from entropy_attn.integration.backends import check_context_parallel_backend
 
     check_context_parallel_backend("native", "layer")  # diffusers' ring/Ulysses: accepted
     with pytest.raises(ValueError, match="'_native_efficient', which has no context parallelism"):

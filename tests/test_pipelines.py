@@ -25,7 +25,9 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
-from entropy_attn import pipelines, tiny, tiny_pipelines  # noqa: E402
+from entropy_attn.integration import pipelines  # noqa: E402
+from entropy_attn.tiny import pipelines as tiny  # noqa: E402
+from entropy_attn.tiny import variants as tiny_pipelines  # noqa: E402
 
 TRAIN = 128  # px: the tiny pipelines' training size
 HEIGHT, WIDTH = 64, 96  # a non-square size (latent 8x12) against the 128x128 training size
@@ -636,7 +638,7 @@ def test_flux_keeps_the_users_backend_and_passes_it_the_scale(backend, monkeypat
 def test_token_probe_ignores_the_process_wide_backend():
     # set_attention_backend("flex") also makes flex diffusers' process-wide backend; the token
     # probe's meta-device run must not use it (flex refuses meta tensors).
-    from entropy_attn import probe
+    from entropy_attn.integration import probe
 
     model = flux_model()
     model.set_attention_backend("flex")
@@ -769,7 +771,7 @@ def tiny_super_resolution_pipeline():
         norm_num_groups=8,
     )
     with torch.no_grad():  # sharper attention than random init, so the scale shows in the image
-        for module in entropy_attn.probe.attention_modules(unet).values():
+        for module in entropy_attn.integration.probe.attention_modules(unet).values():
             module.to_q.weight.mul_(6.0)
             module.to_k.weight.mul_(6.0)
     pipe = LDMSuperResolutionPipeline(vqvae=vqvae, unet=unet.eval(), scheduler=DDIMScheduler())
@@ -795,7 +797,7 @@ def test_ldm_super_resolution(monkeypatch):
     pipe = tiny_super_resolution_pipeline()
     unet = pipe.unet
     assert not hasattr(unet, "attn_processors")
-    modules = entropy_attn.probe.attention_modules(unet)
+    modules = entropy_attn.integration.probe.attention_modules(unet)
     before = {name: module.processor for name, module in modules.items()}
     stock_train, stock_off = upscale(pipe, 16, 16), upscale(pipe, 16, 24)
     with expected_scale([unet], 32, 48, monkeypatch, train={8 * 12: 64}) as applied:
@@ -856,14 +858,14 @@ def test_pixel_space_ddpm_pipeline():
 def test_vae_factor_of_pipelines_without_the_attribute():
     """From the autoencoder's blocks; a latent pipeline whose autoencoder is None keeps the
     default 8 rather than being taken for pixel space."""
-    from entropy_attn.integration import _vae_scale_factor
+    from entropy_attn.integration.denoiser import vae_scale_factor_of
 
     sr = tiny_super_resolution_pipeline()
-    assert not hasattr(sr, "vae_scale_factor") and _vae_scale_factor(sr, None) == 2
-    assert _vae_scale_factor(tiny_ddpm_pipeline(), None) == 1
+    assert not hasattr(sr, "vae_scale_factor") and vae_scale_factor_of(sr, None) == 2
+    assert vae_scale_factor_of(tiny_ddpm_pipeline(), None) == 1
     sr.register_modules(vqvae=None)
-    assert _vae_scale_factor(sr, None) == 8
-    assert _vae_scale_factor(sr.unet, None) == 8  # a bare model: the documented default
+    assert vae_scale_factor_of(sr, None) == 8
+    assert vae_scale_factor_of(sr.unet, None) == 8  # a bare model: the documented default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -872,7 +874,7 @@ def test_vae_factor_of_pipelines_without_the_attribute():
 
 @pytest.mark.parametrize("layout", ["plain", "exclude", "stacked"])
 def test_r2_item1_backend_set_while_enabled_survives_disable(layout):
-    from entropy_attn.probe import attention_modules
+    from entropy_attn.integration.probe import attention_modules
 
     model = flux_model()
     model.set_attention_backend("_native_math")
@@ -976,9 +978,9 @@ def test_r2_item6_pag_processors_entropy_attn_cannot_reproduce_are_refused():
 
 
 def own_processors(unet) -> list[str]:
-    from entropy_attn.processors import _EntropyAttnBase
+    from entropy_attn.integration.attention_base import EntropyAttnBase
 
-    return [n for n, p in unet.attn_processors.items() if isinstance(p, _EntropyAttnBase)]
+    return [n for n, p in unet.attn_processors.items() if isinstance(p, EntropyAttnBase)]
 
 
 @pytest.mark.parametrize("order", ["enable-then-fuse", "fuse-then-enable"])

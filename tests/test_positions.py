@@ -10,7 +10,7 @@ from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel, SD3Trans
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
 import entropy_attn
-from entropy_attn import positions as P
+from entropy_attn.fixes import positions as P
 
 # ---------------------------------------------------------------------------------------------
 # The frequency math
@@ -324,7 +324,7 @@ def test_sd3_identity_at_training_size_and_restore():
     assert "cropped_pos_embed" not in model.pos_embed.__dict__
     with pytest.raises(ValueError, match="positions='ntk'"):
         entropy_attn.enable(model, positions="ntk")
-    assert entropy_attn.integration._DenoiserState.of(model) is None, "nothing changed"
+    assert entropy_attn.integration.handle.DenoiserState.of(model) is None, "nothing changed"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ FLUX.2, Chroma, Qwen-Image, Z-Image, Wan, HunyuanVideo, LTX-Video and CogVideoX,
 the real diffusers classes (from tests/test_generic.py). For each: every preset is the identity
 (bit for bit) at and below the training size; above it, the whole model under a preset equals the
 stock model whose rotary embedder is replaced by a hand-written one (frequencies and layouts
-written out below, per axis, independently of entropy_attn.positions); disable and nesting leave
-the embedders as they were.
+written out below, per axis, independently of entropy_attn.fixes.positions); disable and nesting
+leave the embedders as they were.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from helpers import assert_close
 from test_generic import IMAGE_TRAIN, TEXT, TINY, VIDEO_TRAIN, maker, text_tokens, train_options
 
 import entropy_attn
-from entropy_attn.families import FAMILIES
+from entropy_attn.integration.families import FAMILIES
 
 diffusers = pytest.importorskip("diffusers")
 

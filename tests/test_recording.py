@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import entropy_attn
-from entropy_attn.probe import attention_modules
-from entropy_attn.tiny import tiny_sd_pipeline
+from entropy_attn.integration.probe import attention_modules
+from entropy_attn.tiny.pipelines import tiny_sd_pipeline
 
 pytest.importorskip("diffusers")
 
@@ -214,7 +214,7 @@ def feed_mean(recorder, values: torch.Tensor) -> None:
 def test_r2_item4_mean_mode_memory_is_independent_of_steps_and_exact():
     import tracemalloc
 
-    from entropy_attn.recording import EntropyRecorder
+    from entropy_attn.integration.recording import EntropyRecorder
 
     generator = torch.Generator().manual_seed(19)
     calls = 150_000  # a float32 running total is off by 2e-5 relative here
@@ -238,7 +238,7 @@ def test_r2_item4_mean_mode_memory_is_independent_of_steps_and_exact():
 
 
 def test_r2_item4_mean_mode_counts_steps_with_layers_called_twice():
-    from entropy_attn.recording import EntropyRecorder
+    from entropy_attn.integration.recording import EntropyRecorder
 
     recorder = EntropyRecorder("mean")
     for step in range(5):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 import entropy_attn
-from entropy_attn import redilation
+from entropy_attn.fixes import redilation
 
 OPTIONS = {"train_size": 8, "vae_scale_factor": 1, "text_tokens": 2}
 
@@ -173,4 +173,4 @@ def test_redilation_arguments_are_checked():
         entropy_attn.enable(unet, redilate="yes")
     with pytest.raises(ValueError, match="positions='ntk' does not apply"):
         entropy_attn.enable(unet, positions="ntk")
-    assert entropy_attn.integration._DenoiserState.of(unet) is None
+    assert entropy_attn.integration.handle.DenoiserState.of(unet) is None

@@ -16,8 +16,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .. import evaluation
 from .._extras import MissingExtra
+from ..science import evaluation
 from . import bench, demo, entropy, generate, layers
 from . import eval as eval_command
 from .common import EXIT_USAGE, CLIError

@@ -13,7 +13,7 @@ import torch
 
 from .._extras import missing, needs_line
 from .._quiet import quiet_library_logs
-from ..evaluation import format_size, parse_size
+from ..science.evaluation import format_size, parse_size
 
 EXIT_USAGE = 2
 DEFAULT_PROMPT = "a photo of a cat sitting on a red car"

@@ -12,9 +12,9 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-from .. import analysis
-from ..evaluation import METHODS, format_size
 from ..integration import layer_table
+from ..science import analysis, plots
+from ..science.evaluation import METHODS, format_size
 from .common import (
     DEFAULT_PROMPT,
     DIFFUSERS_MODULES,
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         [(method, images[method]) for method in METHODS], [format_size(s) for s in sizes]
     )
     grid.save(out / "grid.png", optimize=True)
-    analysis.plot_layer_entropy(
+    plots.plot_layer_entropy(
         series,
         out / "entropy.png",
         title=f"{spec}: per-layer self-attention entropy, stock vs entropy-attn",

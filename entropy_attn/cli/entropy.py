@@ -7,10 +7,11 @@ import time
 
 import torch
 
-from .. import analysis, configs, evaluation
+from .. import configs
 from .._quiet import quiet_library_logs
-from ..evaluation import METHODS, format_size
-from ..integration import _vae_scale_factor
+from ..integration import vae_scale_factor_of
+from ..science import analysis, evaluation, plots
+from ..science.evaluation import METHODS, format_size
 from .common import (
     DEFAULT_PROMPT,
     DIFFUSERS_MODULES,
@@ -98,7 +99,7 @@ def _load(args, spec: str, device: torch.device, dtype: torch.dtype, prompts):
         )
         return model, configs.vae_scale_factor(spec), args.steps or 1, prompts
     model = load_pipeline(spec, device=device, dtype=dtype)
-    factor = _vae_scale_factor(model, None)
+    factor = vae_scale_factor_of(model, None)
     steps = default_steps(spec, args.steps, entropy=True)
     return model, factor, steps, prompts or [DEFAULT_PROMPT]
 
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     written = [out / "entropy.csv", out / "fits.csv"]
     if fits:
         written.append(
-            analysis.plot_entropy_vs_log_n(
+            plots.plot_entropy_vs_log_n(
                 fits, out / "fig5_entropy_vs_log_n.png", title=f"{spec}: entropy vs ln N"
             )
         )
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         for method in METHODS
     }
     written.append(
-        analysis.plot_layer_entropy(
+        plots.plot_layer_entropy(
             series,
             out / "fig6_layer_entropy.png",
             title=f"{spec}: per-layer self-attention entropy",

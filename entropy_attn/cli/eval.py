@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from .. import evaluation
 from .._quiet import quiet_library_logs
-from ..evaluation import METHODS
+from ..science import evaluation
+from ..science.evaluation import METHODS
 from .common import (
     CLIError,
     add_runtime_options,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..evaluation import METHODS, format_size
 from ..integration import enabled
+from ..science.evaluation import METHODS, format_size
 from .common import (
     add_runtime_options,
     announce_out,

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..families import family_of
 from ..integration import find_denoiser, layer_table, training_latent_size
+from ..integration.families import family_of
 from .common import CLIError, check_multiple, parse_sizes, require
 from .models import (
     builtin_names,

@@ -14,6 +14,10 @@ Anything else is a Hugging Face id (``org/name``) or a local pipeline folder. To
 :func:`register` with a :class:`ModelName` below the existing ones, e.g.::
 
     register(ModelName("my-model", "what it is", build=my_pipeline, steps=20))
+
+One file because it is the registry of ``--model`` names and the one place that turns a name
+into a pipeline (built-in, zoo, shipped config or hub id), with the checks that give each kind
+its one-line error.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 
 from .. import configs
 from .._quiet import quiet_library_logs
-from ..tiny import TINY_PIPELINES
+from ..tiny.pipelines import TINY_PIPELINES
 from .common import CLIError, check_memory, check_multiple, resolve_dtype
 
 REAL_STEPS = 30
@@ -307,9 +311,9 @@ def check_sizes(
         config = known_vae_config(spec_or_pipe)
         channels = vae_channels(config) if config else None
     else:
-        from ..integration import _vae_scale_factor
+        from ..integration import vae_scale_factor_of
 
-        factor = _vae_scale_factor(spec_or_pipe, None)
+        factor = vae_scale_factor_of(spec_or_pipe, None)
         channels = vae_channels(spec_or_pipe)
     check_multiple(sizes, factor, option)
     check_memory(sizes, channels, dtype=dtype, device=device, force=force, option=option)
@@ -394,7 +398,7 @@ def _config_denoiser(location: str):
     import diffusers
     from diffusers import DiffusionPipeline
 
-    from ..integration import AUTOENCODERS, autoencoder_factor
+    from ..integration.denoiser import AUTOENCODERS, autoencoder_factor
 
     index = DiffusionPipeline.load_config(location)
     for component in ("unet", "transformer"):

@@ -24,8 +24,9 @@ ARCHITECTURES: dict[str, tuple[str, str, int]] = {
     "flux1-dev": ("transformer.json", "FluxTransformer2DModel", 8),
     "pixart-alpha-512": ("transformer.json", "PixArtTransformer2DModel", 8),
     "pixart-alpha-1024": ("transformer.json", "PixArtTransformer2DModel", 8),
-    # Served by the generic dispatcher path (entropy_attn.generic); written from published
-    # facts (SOURCES.md). Training sizes and frame counts: entropy_attn.families.
+    # Served by the generic dispatcher path (entropy_attn.integration.generic); written from
+    # published facts (SOURCES.md). Training sizes and frame counts:
+    # entropy_attn.integration.families.
     "wan2.1-t2v-1.3b": ("transformer.json", "WanTransformer3DModel", 8),
     "wan2.1-t2v-14b": ("transformer.json", "WanTransformer3DModel", 8),
     "wan2.1-i2v-14b-480p": ("transformer.json", "WanTransformer3DModel", 8),
@@ -126,7 +127,7 @@ def build_pipeline(name: str, *, device=None, dtype=None, seed: int = 0):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..tiny import tiny_bert_tokenizer, tiny_clip_tokenizer
+    from ..tiny.pipelines import tiny_bert_tokenizer, tiny_clip_tokenizer
 
     if name not in PIPELINES:
         raise ValueError(

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .. import analysis
-from ..probe import attention_modules
-from ..processors import kind_of
+from ..integration.attention_base import kind_of
+from ..integration.probe import attention_modules
+from ..science import analysis, plots
 from ..sizes import format_size
 
 
@@ -100,7 +100,7 @@ def attention_study(
 ) -> list[dict]:
     """Write ``attention-<label>.csv``, ``fig5-<label>.png`` and ``fig6-<label>.png``.
 
-    One CSV row per (size, method, layer): the :class:`~entropy_attn.analysis.LayerEntropy`
+    One CSV row per (size, method, layer): the :class:`~entropy_attn.science.analysis.LayerEntropy`
     fields, ``entropy / ln N`` and (stock rows) the logit variance. Fig. 5: entropy vs ``ln N``
     per level (training token count ``T``); Fig. 6: per-layer entropy at the training size and
     at 2x, stock vs entropy-attn.
@@ -126,7 +126,7 @@ def attention_study(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    analysis.plot_entropy_vs_log_n(
+    plots.plot_entropy_vs_log_n(
         analysis.fit_levels(all_layers),
         out_dir / f"fig5-{label}.png",
         title=f"{label}: self-attention entropy vs ln N (trained, sampling digits)",
@@ -138,7 +138,7 @@ def attention_study(
         for k, v in series.items()
         if k.rsplit(" ", 1)[0] in {format_size(train), format_size(double)}
     }
-    analysis.plot_layer_entropy(
+    plots.plot_layer_entropy(
         chosen, out_dir / f"fig6-{label}.png", title=f"{label}: per-layer self-attention entropy"
     )
     return rows

@@ -44,11 +44,11 @@ def demo_grid(
     import matplotlib.pyplot as plt
 
     from .. import integration
-    from . import load_pipeline
-    from .metrics import _size
+    from .load import load_pipeline
+    from .metrics import size_pair
     from .models import own_positions
 
-    sizes = [_size(s) for s in sizes]
+    sizes = [size_pair(s) for s in sizes]
     pipe = load_pipeline(name) if pipe is None else pipe
     pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(10)

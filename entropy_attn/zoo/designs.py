@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from . import evaluate, load_pipeline
 from .attention import record
+from .load import load_pipeline
+from .metrics import evaluate
 
 # name -> (kind, config overrides, what it tries)
 VARIANTS = {

@@ -216,7 +216,7 @@ def main(argv=None) -> None:
         help="write the tables from the cells cached so far (the rest listed as not run)",
     )
     args = parser.parse_args(argv)
-    from . import load_pipeline
+    from .load import load_pipeline
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -148,7 +148,9 @@ class CellResult:
     real_multi_blob: float
 
 
-def _size(value) -> tuple[int, int]:
+def size_pair(value) -> tuple[int, int]:
+    """``(height, width)`` from one int or a pair of ints (the ``sizes`` argument of
+    :func:`evaluate` and :func:`~entropy_attn.zoo.demo.demo_grid`)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value, value
     if (
@@ -191,7 +193,7 @@ def evaluate(
         One :class:`CellResult` per (size, positions, method).
     """
     from .. import integration
-    from . import load_pipeline
+    from .load import load_pipeline
     from .models import own_positions
 
     if isinstance(model, str):
@@ -202,7 +204,7 @@ def evaluate(
         name = name or "model"
     if isinstance(n_per_cell, bool) or not isinstance(n_per_cell, int) or n_per_cell < 2:
         raise ValueError(f"n_per_cell must be an int >= 2, got {n_per_cell!r}")
-    sizes = [_size(s) for s in sizes]
+    sizes = [size_pair(s) for s in sizes]
     if not sizes:
         raise ValueError("sizes must not be empty")
     pipe.set_progress_bar_config(disable=True)

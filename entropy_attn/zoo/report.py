@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from . import demo_grid, evaluate, load_pipeline, weights_folder
 from .attention import attention_study
-from .demo import DEFAULT_SIZES
+from .demo import DEFAULT_SIZES, demo_grid
+from .load import load_pipeline, weights_folder
+from .metrics import evaluate
 from .models import build_denoiser, sample_scheduler
 from .train import MODEL_KINDS, PIPELINES
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .ops import dispatch
+from ..op.api import dispatch
 
 
 def merge_attention(

@@ -4,7 +4,7 @@ One entry per diffusers transformer class: how to build its forward inputs for a
 size (on the meta device for the token probe, or real tensors for tests), the text length its
 pipelines feed it, the training size its pipelines default to, and its autoencoder's factors.
 Nothing here knows about attention: which layers are self-, joint or cross-attention is found by
-the probe (:mod:`entropy_attn.generic`), from whether a call's keys grow with the image.
+the probe (:mod:`entropy_attn.integration.generic`), from whether a call's keys grow with the image.
 
 Sizes are in pixels (``height``, ``width``) and frames of the decoded video; the latent has
 ``(frames - 1) // temporal + 1`` frames for the causal video autoencoders (Wan, HunyuanVideo,

@@ -4,7 +4,7 @@ The output is PyTorch's own ``scaled_dot_product_attention`` with ``scale=``; th
 computed from ``log_softmax`` of the logits, in query chunks so that memory stays bounded (no
 ``A + eps`` bias). ``entropy_attn.attention(backend="torch")`` uses it when autograd needs the
 entropy or off the CPU; on the CPU without autograd it takes the faster log-sum-exp identity
-(``entropy_attn.ops.entropy_lse``), which the tests compare against this oracle.
+(``entropy_attn.op.api.entropy_lse``), which the tests compare against this oracle.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ Metrics use torchmetrics (``pip install "entropy-attn[eval]"``):
 
 Missing weights are never downloaded behind the user's back: :class:`MetricUnavailable` says
 what is missing and how to get it.
+
+One file because it is one pipeline read top to bottom: prompts and images on disk, generation
+per size and method (resumable), then FID and CLIP score over what was generated, and the table;
+each stage's file layout is what the next stage reads.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .integration import enabled
-from .sizes import format_size, parse_size
+from ..integration import enabled
+from ..sizes import format_size, parse_size
 
 METHODS = ("stock", "entropy-attn")
 METRICS = ("fid", "clip")

@@ -5,6 +5,9 @@ AutoencoderKL with 8x downsampling, CLIP text encoder or LDMBert, real tokenizer
 so everything entropy-attn does to SD or LDM runs on them in seconds on a CPU. Their images are
 noise-like: the weights are random. The tokenizers are built from small vocab files written here
 (a byte-level BPE vocab without merges for CLIP; letters plus a few words for BERT).
+
+One file because the tiny pipelines share their component builders (one UNet, VAE, text-encoder
+and tokenizer recipe each); each pipeline function is a few lines over them.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ._extras import needs
-from ._quiet import quiet_library_logs
+from .._extras import needs
+from .._quiet import quiet_library_logs
 
 TEXT_TOKENS = 77
 _TINY_UNET = dict(

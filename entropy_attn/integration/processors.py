@@ -15,7 +15,8 @@ embeddings, masks, output projections) and replaces its attention call by
   attention guidance: the guided chunks through the layer's processor above).
 
 FLUX and every other transformer whose processors call diffusers' attention dispatcher go through
-the generic path instead (:mod:`entropy_attn.generic`), which runs the stock processor's own code.
+the generic path instead (:mod:`entropy_attn.integration.generic`), which runs the stock
+processor's own code.
 
 The scale of a rescaled layer is ``base_scale * sqrt(ln N / ln T)`` with ``N`` the keys of the
 call and ``T`` the keys of the same layer at the training size; ``base_scale`` is the layer's own
@@ -32,269 +33,12 @@ with every one of them to rounding, not bit for bit.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .ops import _resolve_backend, dispatch
-from .recording import EntropyRecorder
-from .reference import attention_entropy, attention_reference
-
-
-def layer_scale(n_tokens: int, train_tokens: int, base_scale: float) -> float:
-    """``base_scale * sqrt(ln N / ln T)``; exactly ``base_scale`` when ``N == T`` or ``N == 1``.
-
-    With one key the softmax is 1 whatever the scale, so the base scale is kept there.
-    """
-    if n_tokens == train_tokens or n_tokens == 1:
-        return base_scale
-    if train_tokens <= 1:
-        raise ValueError(f"train_tokens must be > 1 to rescale, got {train_tokens}")
-    return base_scale * math.sqrt(math.log(n_tokens) / math.log(train_tokens))
-
-
-def head_dim_of(attn) -> int:
-    """Head dimension of a diffusers attention module."""
-    return attn.to_k.out_features // attn.heads
-
-
-def base_scale_of(attn) -> float:
-    """The layer's own softmax scale (``1/sqrt(head_dim)`` unless the model says otherwise)."""
-    scale = getattr(attn, "scale", None)
-    return float(scale) if scale is not None else head_dim_of(attn) ** -0.5
-
-
-def kind_of(attn) -> str:
-    """``"joint"`` (image and text tokens attend together: SD3, FLUX double blocks), ``"cross"``
-    (queries attend to a separate context, e.g. text) or ``"self"``."""
-    if getattr(attn, "add_k_proj", None) is not None:
-        return "joint"
-    if getattr(attn, "is_cross_attention", False):
-        return "cross"
-    return "self"
-
-
-def _call_scale(scale: float, head_dim: int) -> float | None:
-    """The scale to pass on: SDPA's own default, passed as ``None``, keeps stock numerics bit for
-    bit."""
-    return None if scale == head_dim**-0.5 else scale
-
-
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _in_backward() -> bool:
-    """Whether this runs inside autograd's backward pass: gradient checkpointing recomputing a
-    forward, which must not be recorded again."""
-    task_id = getattr(torch._C, "_current_graph_task_id", None)
-    return task_id is not None and task_id() != -1
-
-
-class _EntropyAttnBase:
-    """Shared part: the scale for ``N`` keys, the attention call, and entropy recording.
-
-    Made without a layer name (``cls()``, as diffusers' ``unload_ip_adapter`` rebuilds every
-    processor with ``value.__class__()``), a processor is *unbound*: it computes what the stock
-    processor does at the layer's own scale and records nothing, and an enable call in force on
-    the model puts its own processor back on that layer before the model's next forward.
-    """
-
-    unbound_made = 0  # unbound processors made so far, in this process (see integration)
-
-    def __init__(
-        self,
-        name: str | None = None,
-        *,
-        train_tokens: int = 0,
-        rescale: bool = False,
-        backend: str = "auto",
-        recorder: EntropyRecorder | None = None,
-        attention_backend: str | None = None,
-    ) -> None:
-        if name is None:
-            if rescale or recorder is not None:
-                raise ValueError("rescale and recorder need the layer's name and train_tokens")
-            _EntropyAttnBase.unbound_made += 1
-        self.name = name
-        self.train_tokens = int(train_tokens)
-        self.rescale = bool(rescale)
-        self.backend = backend
-        self.recorder = recorder
-        # diffusers' own attribute name, so that set_attention_backend / reset_attention_backend
-        # reach this processor as they reach the stock one it replaces.
-        self._attention_backend = attention_backend
-
-    @classmethod
-    def replacing(cls, stock, name: str, **options) -> _EntropyAttnBase:
-        """The processor that stands in for the processor ``stock`` on layer ``name``."""
-        return cls(name, **options)
-
-    def scale_for(self, attn, n_tokens: int) -> float:
-        """The softmax scale for a call with ``n_tokens`` keys."""
-        base = base_scale_of(attn)
-        return layer_scale(n_tokens, self.train_tokens, base) if self.rescale else base
-
-    def attention(self, attn, query, key, value, scale: float, attention_mask, return_entropy):
-        """``(B, H, L, D)`` attention at ``scale``, as the replaced processor computes it.
-
-        Returns ``out``, or ``(out, entropy)`` when ``return_entropy`` (only asked for calls
-        without a mask and without autograd, where the fused kernel gives the entropy for free).
-        """
-        call_scale = _call_scale(scale, query.shape[-1])
-        if attention_mask is None:
-            backend = op_backend(self.backend, return_entropy)
-            return dispatch(query, key, value, call_scale, return_entropy, backend)
-        return attention_reference(query, key, value, call_scale, attn_mask=attention_mask)
-
-    def attend(self, attn, query, key, value, attention_mask=None) -> torch.Tensor:
-        """``(B, H, L, D)`` attention with this layer's scale; records entropy if asked."""
-        device_type = query.device.type
-        if torch.is_autocast_enabled(device_type):
-            # As SDPA under autocast: one low-precision dtype for q, k and v (a QK norm may have
-            # returned fp32 next to an fp16 value).
-            dtype = torch.get_autocast_dtype(device_type)
-            query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-        elif not query.dtype == key.dtype == value.dtype:
-            raise TypeError(
-                f"{self.name}: query, key and value dtypes differ "
-                f"({query.dtype}, {key.dtype}, {value.dtype})"
-            )
-        head_dim = query.shape[-1]
-        n_tokens = key.shape[2]
-        scale = self.scale_for(attn, n_tokens)
-        record = self.recorder is not None
-        call_scale = _call_scale(scale, head_dim)
-        if not record and takes_scale(self._attention_backend, call_scale):
-            # The user's diffusers backend (set_attention_backend, or enable(backend=<name>)).
-            return dispatch_diffusers(
-                query, key, value, attention_mask, call_scale, self._attention_backend
-            )
-        # A recomputation (gradient checkpointing) takes the recorded forward's path, unrecorded.
-        recomputed = record and _in_backward()
-        # The fused entropy only where it cannot build an autograd graph: a recorded scalar must
-        # never keep a graph (and the activations it saves) alive.
-        fused_entropy = (
-            record and not recomputed and attention_mask is None and not _needs_grad(query, key)
-        )
-        out = self.attention(attn, query, key, value, scale, attention_mask, fused_entropy)
-        if not record or recomputed:
-            return out
-        if fused_entropy:
-            out, entropy = out
-        else:
-            with torch.no_grad():
-                entropy = attention_entropy(query, key, call_scale, attn_mask=attention_mask)
-        self._record(attn, entropy, query, n_tokens, query.shape[2], scale)
-        return out
-
-    def _record(self, attn, entropy, query, n_tokens: int, query_tokens: int, scale: float):
-        self.recorder.add(
-            entropy,
-            layer=self.name,
-            kind=kind_of(attn),
-            heads=query.shape[1],
-            head_dim=query.shape[-1],
-            query_tokens=query_tokens,
-            n_tokens=n_tokens,
-            train_tokens=self.train_tokens,
-            scale=scale,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({self.name!r}, train_tokens={self.train_tokens}, "
-            f"rescale={self.rescale}, backend={self.backend!r})"
-        )
-
-
-# entropy-attn's own backends: "sdpa" is PyTorch SDPA with the scale (PyTorch picks flash, cuDNN,
-# memory-efficient or math), except when entropy is recorded, which needs the entropy-attn op.
-OWN_BACKENDS = ("auto", "triton", "torch", "sdpa")
-
-
-def op_backend(backend: str, record: bool) -> str:
-    """The :func:`entropy_attn.ops.dispatch` backend for an ``enable(..., backend=)`` choice."""
-    if backend == "sdpa":
-        return "auto" if record else "torch"
-    return backend
-
-
-def diffusers_backend_names() -> list[str]:
-    """The attention backends of diffusers' dispatcher (``set_attention_backend`` names)."""
-    from diffusers.models.attention_dispatch import AttentionBackendName
-
-    return [member.value for member in AttentionBackendName]
-
-
-def check_backend(backend) -> None:
-    """Refuse a backend that is neither entropy-attn's own nor a usable diffusers one."""
-    if backend in OWN_BACKENDS:
-        return
-    try:
-        names = diffusers_backend_names()
-    except ImportError:
-        names = []
-    if not isinstance(backend, str) or backend not in names:
-        raise ValueError(
-            f"backend must be one of {OWN_BACKENDS} or a diffusers attention backend "
-            f"({', '.join(names) or 'needs diffusers'}), got {backend!r}"
-        )
-    from diffusers.models.attention_dispatch import (
-        AttentionBackendName,
-        _check_attention_backend_requirements,
-    )
-
-    _check_attention_backend_requirements(AttentionBackendName(backend))
-
-
-def backend_accepts_scale(attention_backend) -> bool:
-    """Whether a diffusers attention backend takes a softmax ``scale`` argument (its dispatcher
-    silently drops arguments a backend does not list; ``_native_xla`` has no scale)."""
-    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-
-    name = AttentionBackendName(attention_backend)
-    return "scale" in _AttentionBackendRegistry._supported_arg_names.get(name, ())
-
-
-def takes_scale(attention_backend, scale: float | None) -> bool:
-    """Whether a call goes to the user's diffusers backend: one is chosen and it can apply
-    ``scale`` (``None``, the default ``1/sqrt(d)``, every backend applies)."""
-    if attention_backend is None:
-        return False
-    return scale is None or backend_accepts_scale(attention_backend)
-
-
-def check_context_parallel_backend(attention_backend, layer: str) -> None:
-    """Refuse a diffusers backend without context-parallel support under context parallelism (it
-    would attend over this rank's keys only; diffusers' enable_parallelism refuses it too)."""
-    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-
-    if not _AttentionBackendRegistry._is_context_parallel_available(
-        AttentionBackendName(attention_backend)
-    ):
-        supported = sorted(_AttentionBackendRegistry._supports_context_parallel)
-        raise ValueError(
-            f"layer {layer!r} uses the attention backend {attention_backend!r}, which has no "
-            f"context parallelism; use one of {supported}, or entropy-attn's own "
-            "(enable(..., backend='auto'))"
-        )
-
-
-def dispatch_diffusers(query, key, value, attention_mask, scale, attention_backend):
-    """``(B, H, L, D)`` attention through diffusers' ``dispatch_attention_fn`` (which takes
-    ``(B, L, H, D)``) on the chosen backend, with ``scale`` passed to it."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-    out = dispatch_attention_fn(
-        query.transpose(1, 2),
-        key.transpose(1, 2),
-        value.transpose(1, 2),
-        attn_mask=attention_mask,
-        scale=scale,
-        backend=attention_backend,
-    )
-    return out.transpose(1, 2)
+from ..op.api import resolve_backend
+from ..op.reference import attention_entropy
+from .attention_base import EntropyAttnBase, scale_to_pass
+from .backends import op_backend
 
 
 def _tokens(attn, hidden_states, temb):
@@ -348,7 +92,7 @@ def _output(attn, hidden_states, residual, image_shape):
     return hidden_states / attn.rescale_output_factor
 
 
-class EntropyAttnProcessor(_EntropyAttnBase):
+class EntropyAttnProcessor(EntropyAttnBase):
     """diffusers' ``AttnProcessor2_0`` with the entropy-preserving scale."""
 
     def __call__(
@@ -386,7 +130,7 @@ class EntropyAttnProcessor(_EntropyAttnBase):
         return _output(attn, hidden_states, residual, image_shape)
 
 
-class EntropyClassicAttnProcessor(_EntropyAttnBase):
+class EntropyClassicAttnProcessor(EntropyAttnBase):
     """diffusers' classic ``AttnProcessor`` (``baddbmm`` + ``softmax`` + ``bmm``), and
     ``SlicedAttnProcessor`` when ``slice_size`` is given, with the entropy-preserving scale.
 
@@ -441,7 +185,7 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
 
     def attention(self, attn, query, key, value, scale, attention_mask, return_entropy):
         backend = op_backend(self.backend, return_entropy)
-        if attention_mask is None and _resolve_backend(backend, query, key, value) == "triton":
+        if attention_mask is None and resolve_backend(backend, query, key, value) == "triton":
             return super().attention(attn, query, key, value, scale, None, return_entropy)
         batch_heads = query.shape[0] * query.shape[1]
         flat = [t.reshape(batch_heads, *t.shape[2:]) for t in (query, key, value)]
@@ -464,7 +208,7 @@ class EntropyClassicAttnProcessor(_EntropyAttnBase):
         out = out.view(query.shape)
         if not return_entropy:
             return out
-        entropy = attention_entropy(query, key, _call_scale(scale, query.shape[-1]))
+        entropy = attention_entropy(query, key, scale_to_pass(scale, query.shape[-1]))
         return out, entropy.to(torch.float32)
 
     def __repr__(self) -> str:
@@ -490,7 +234,7 @@ def _classic_attention(attn, query, key, value, scale: float, attention_mask):
     return torch.bmm(scores.softmax(dim=-1).to(dtype), value)
 
 
-class EntropyJointAttnProcessor(_EntropyAttnBase):
+class EntropyJointAttnProcessor(EntropyAttnBase):
     """diffusers' ``JointAttnProcessor2_0`` (SD3) with the entropy-preserving scale.
 
     Image and text tokens attend together, so ``N`` counts both (e.g. 4096 + 333 at 1024 px).
@@ -597,7 +341,7 @@ class EntropyPAGProcessor:
 
 # Stock processor class name -> the entropy-attn processor that reproduces it. Processors not
 # listed (IP-Adapter, custom, ...) are never replaced silently.
-REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
+REPLACEMENTS: dict[str, type[EntropyAttnBase]] = {
     "AttnProcessor": EntropyClassicAttnProcessor,
     "AttnProcessor2_0": EntropyAttnProcessor,
     "AttnProcessorNPU": EntropyAttnProcessor,
@@ -609,23 +353,19 @@ REPLACEMENTS: dict[str, type[_EntropyAttnBase]] = {
 }
 
 
-def replacement_for(processor) -> type[_EntropyAttnBase] | None:
+def replacement_for(processor) -> type[EntropyAttnBase] | None:
     """The entropy-attn processor class that can stand in for ``processor``, if any."""
-    if isinstance(processor, _EntropyAttnBase):
+    if isinstance(processor, EntropyAttnBase):
         return type(processor)
     return REPLACEMENTS.get(type(processor).__name__)
 
 
 __all__ = [
-    "OWN_BACKENDS",
+    "PAG_CHUNKS",
     "REPLACEMENTS",
     "EntropyAttnProcessor",
     "EntropyClassicAttnProcessor",
     "EntropyJointAttnProcessor",
     "EntropyPAGProcessor",
-    "base_scale_of",
-    "head_dim_of",
-    "kind_of",
-    "layer_scale",
     "replacement_for",
 ]

@@ -1,7 +1,7 @@
 """More small pipelines with random weights, built offline: ControlNet, img2img, inpainting,
 the SDXL refiner.
 
-They reuse the components of :mod:`entropy_attn.tiny` (same UNet, VAE, text encoders and
+They reuse the components of :mod:`entropy_attn.tiny.pipelines` (same UNet, VAE, text encoders and
 tokenizers, 128 px training size) under the other pipeline classes users generate with.
 ControlNets are built from their UNet as ``ControlNetModel.from_unet`` does, with the zero
 convolutions that a fresh ControlNet starts from replaced by small random ones, so the ControlNet
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ._extras import needs
-from .tiny import tiny_sd_pipeline, tiny_sdxl_pipeline
+from .._extras import needs
+from .pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 # Condition embedding: four stages, 8x down from pixels to the latent, as in real ControlNets.
 _CONDITION_CHANNELS = (8, 8, 16, 16)

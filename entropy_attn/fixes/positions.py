@@ -38,8 +38,8 @@ HunyuanVideo, LTX-Video, CogVideoX 1.0/1.5 with rotary positions) and :data:`ABS
 in the embedder's own layout; another backbone whose embedder maps ``ids (L, axes)`` to FLUX's
 ``(cos, sin)`` layout (``theta`` and ``axes_dim`` attributes) is one table entry.
 
-One module of about 700 lines because each backbone's hook is short and reads best next to the
-frequency math it applies and the table that registers it.
+One file because each backbone's hook is short and reads best next to the frequency math it
+applies and the table that registers it (about 750 lines).
 """
 
 from __future__ import annotations

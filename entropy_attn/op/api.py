@@ -5,7 +5,10 @@ fused kernel from ``entropy_attn.kernels`` (CUDA tensors, or CPU tensors under
 ``TRITON_INTERPRET=1``); ``backend="torch"`` runs the PyTorch path (SDPA, and the entropy by the
 log-sum-exp identity or the materialising oracle); ``"auto"`` picks PyTorch off CUDA and where the
 kernel does not support the call; on CUDA it runs the kernel when the entropy is asked for, and
-otherwise whichever of the kernel and SDPA ``entropy_attn.autoselect`` measured faster.
+otherwise whichever of the kernel and SDPA ``entropy_attn.op.autoselect`` measured faster.
+
+One file because validation, dispatch and the registered custom op are one call path, whose
+private hooks (``_validate``, ``_kernels``, ``_attention_fwd_op``) the tests patch in one place.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .._extras import require
 from . import autoselect
-from ._extras import require
 from .reference import attention_entropy, attention_logsumexp
 
 BACKENDS = ("auto", "triton", "torch")
@@ -245,7 +248,9 @@ def _needs_grad(query, key, value=None) -> bool:
     )
 
 
-def _resolve_backend(backend: str, query, key, value) -> str:
+def resolve_backend(backend: str, query, key, value) -> str:
+    """The backend :func:`dispatch` runs for ``backend`` on these tensors: ``"auto"`` becomes
+    ``"triton"`` or ``"torch"`` (by device, gradients and :mod:`entropy_attn.op.autoselect`)."""
     if backend != "auto":
         return backend
     if not query.is_cuda:
@@ -299,7 +304,7 @@ def entropy_lse(query: torch.Tensor, key: torch.Tensor, scale: float | None = No
     fp32 rounding could cost more than ~3e-5 nats (``|LSE| + scale * sum_d |q_d| max_j |k_jd|
     > 128``: large logits, or large key components that cancel in ``q.k`` but not in
     ``sum_j p_j k_j``) are recomputed by the materialising oracle
-    :func:`entropy_attn.reference.attention_entropy` in float64 (only the heads with such rows).
+    :func:`entropy_attn.op.reference.attention_entropy` in float64 (only the heads with such rows).
     NaN
     inputs give NaN rows. Forward only.
 
@@ -426,7 +431,7 @@ def dispatch(query, key, value, scale, return_entropy: bool, backend: str, retur
 def _auto_backend(query, key, value, scale, return_entropy: bool) -> str:
     """``backend="auto"``'s choice on CUDA for a call the kernel supports: the kernel when the
     entropy is asked for (nothing else gives it in one pass), else ``ENTROPY_ATTN_BACKEND`` or
-    the faster of the kernel and SDPA (:mod:`entropy_attn.autoselect`)."""
+    the faster of the kernel and SDPA (:mod:`entropy_attn.op.autoselect`)."""
     if return_entropy:
         return "triton"
     forced = autoselect.env_override()
@@ -470,7 +475,7 @@ def _dispatch(
     query, key, value, scale, return_entropy: bool, backend: str, compiling: bool, return_lse=False
 ):
     torch_path = backend == "torch" or (backend == "auto" and not query.is_cuda)
-    if torch_path or _resolve_backend(backend, query, key, value) != "triton":
+    if torch_path or resolve_backend(backend, query, key, value) != "triton":
         if return_lse:
             out, entropy, lse = _torch_attention_lse(query, key, value, scale, return_entropy)
             return _pack(out, entropy, lse, return_entropy, True)
@@ -522,11 +527,11 @@ def attention(
             :func:`entropy_lse`, and by the differentiable chunked ``log_softmax`` oracle when
             autograd needs it or off the CPU) or ``"auto"`` (on CUDA for fp16/bf16/fp32,
             head_dim <= 256 and no autograd: Triton when ``return_entropy``, else whichever of
-            Triton and SDPA was measured faster on this GPU, see :mod:`entropy_attn.autoselect`;
+            Triton and SDPA was measured faster on this GPU, see :mod:`entropy_attn.op.autoselect`;
             PyTorch otherwise).
         return_lse: also return ``LSE_i = ln sum_j exp(scale q_i.k_j)`` per query row (float32,
             nats; the fused kernel's ``ln(2) m + ln l``), what merges attention over key shards
-            (:mod:`entropy_attn.parallel`). ``LSE_i - H_i`` is the row's mean logit
+            (:mod:`entropy_attn.integration.parallel`). ``LSE_i - H_i`` is the row's mean logit
             ``sum_j A_ij s_ij``.
 
     Returns:

@@ -31,6 +31,11 @@ whose keys do not grow with the image attends to text or image-encoder tokens (`
 text and I2V image cross-attention, LTX-Video's text cross-attention, HunyuanVideo's text
 refiner, Z-Image's caption refiner) and keeps its scale. Under ``torch.compile`` each wrapped
 layer runs eagerly (a graph break per layer; see :meth:`EntropyDispatchProcessor.__call__`).
+
+One file because its parts are one mechanism: the interceptor that rebinds a stock processor's
+dispatcher call, the processor that runs that rebound code with the scale, and the meta-device
+probe that counts the same calls with the same interceptor (split apart, each would need the
+others' private classes).
 """
 
 from __future__ import annotations
@@ -46,7 +51,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .ops import dispatch
+from ..op.api import dispatch
+from ..op.reference import attention_entropy
+from .attention_base import EntropyAttnBase, layer_scale, needs_grad
+from .backends import check_context_parallel_backend, op_backend, takes_scale
 from .parallel import (
     check_parallel_config,
     context_parallel_attention,
@@ -55,15 +63,6 @@ from .parallel import (
     cp_mean,
     global_key_tokens,
 )
-from .processors import (
-    _EntropyAttnBase,
-    _needs_grad,
-    check_context_parallel_backend,
-    layer_scale,
-    op_backend,
-    takes_scale,
-)
-from .reference import attention_entropy
 
 # Processors with a temperature of their own: entropy-attn's scale on top would be a second one.
 BUILT_IN_TEMPERATURE = {
@@ -310,7 +309,7 @@ class _CallCounter(threading.local):
     index: int | None = None
 
 
-class EntropyDispatchProcessor(_EntropyAttnBase):
+class EntropyDispatchProcessor(EntropyAttnBase):
     """A stock processor that calls the dispatcher, with the entropy-preserving scale per call.
 
     Args:
@@ -443,7 +442,7 @@ class EntropyDispatchProcessor(_EntropyAttnBase):
             with torch.no_grad():
                 entropy = attention_entropy(query, key, call_scale, attn_mask=call.sdpa_mask)
         else:
-            fused = record and not _needs_grad(query, key)
+            fused = record and not needs_grad(query, key)
             sdpa_scale = None if call_scale is None or call_scale == query.shape[-1] ** -0.5 else (
                 call_scale
             )  # fmt: skip
@@ -480,12 +479,13 @@ class EntropyDispatchProcessor(_EntropyAttnBase):
 
     def attend_parallel(self, call: _Call, index: int):
         """A call made with diffusers' context-parallel config: this rank holds a shard of the
-        tokens. ``N`` counts every rank's keys (:func:`~entropy_attn.parallel.global_key_tokens`),
-        and the attention runs over all of them: through the user's diffusers backend with
-        ``scale=`` (diffusers' own Ulysses/ring for it), else entropy-attn's op inside diffusers'
-        templates (:func:`~entropy_attn.parallel.context_parallel_attention`). A recorded entropy
-        is the mean over every rank's rows (:func:`~entropy_attn.parallel.cp_mean`): the value a
-        single process records."""
+        tokens. ``N`` counts every rank's keys
+        (:func:`~entropy_attn.integration.parallel.global_key_tokens`), and the attention runs over
+        all of them: through the user's diffusers backend with ``scale=`` (diffusers' own
+        Ulysses/ring for it), else entropy-attn's op inside diffusers' templates
+        (:func:`~entropy_attn.integration.parallel.context_parallel_attention`). A recorded entropy
+        is the mean over every rank's rows (:func:`~entropy_attn.integration.parallel.cp_mean`): the
+        value a single process records."""
         config = call.parallel_config
         check_parallel_config(config, where=f"layer {self.name!r}")
         n_tokens = global_key_tokens(call.key_tokens, config)
@@ -647,8 +647,8 @@ def probe_calls(
     """The attention calls of each layer that calls the dispatcher, at a latent size.
 
     Args:
-        denoiser: a denoiser of a class in :data:`entropy_attn.families.FAMILIES`; only its
-            config is used.
+        denoiser: a denoiser of a class in :data:`entropy_attn.integration.families.FAMILIES`; only
+            its config is used.
         latent: ``(frames, height, width)`` of the latent (``frames`` 1 for image models).
         text_tokens: text tokens fed to the denoiser.
         classify: find each call's kind (two more meta runs); ``False`` leaves it ``""``.

@@ -5,7 +5,7 @@ each net of a ``MultiControlNetModel``) is a copy of the UNet's encoder and mid 
 next to the UNet on the same latent: its self-attention sees the same ``N``/``T`` mismatch.
 :func:`entropy_attn.enable` patches each ControlNet as a model of its own, with ``T`` counted on
 its own architecture at the pipeline's training size: one enable call pushes one handle on the
-denoiser's stack and one on each ControlNet's (see :mod:`entropy_attn.integration`), and the
+denoiser's stack and one on each ControlNet's (see :mod:`entropy_attn.integration.handle`), and the
 ControlNet handles hang off the denoiser's (``handle.controlnet_handles``).
 """
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from .denoiser import find_denoiser, training_latent_size, vae_scale_factor_of
 from .probe import unwrap
 
-# ControlNet classes whose tokens the probe counts (see entropy_attn.probe).
+# ControlNet classes whose tokens the probe counts (see entropy_attn.integration.probe).
 SUPPORTED_CONTROLNETS = ("ControlNetModel",)
 
 
@@ -64,16 +65,12 @@ def second_experts(pipe) -> list[torch.nn.Module]:
 def enabled_models(pipe) -> list[torch.nn.Module]:
     """The denoiser, a second expert and every ControlNet of ``pipe`` that has attention
     processors (of any class): the models :func:`entropy_attn.disable` looks at."""
-    from .integration import find_denoiser
-
     nets = [net for _, net in _controlnet_models(pipe) if hasattr(net, "attn_processors")]
     return [find_denoiser(pipe), *second_experts(pipe), *nets]
 
 
 def denoisers(pipe, *, controlnet: bool = True) -> list[tuple[str, torch.nn.Module]]:
     """Every model ``enable(pipe)`` patches: the denoiser first, then the ControlNets."""
-    from .integration import find_denoiser
-
     name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
     if isinstance(pipe, torch.nn.Module):
         name = type(unwrap(pipe)).__name__
@@ -85,9 +82,7 @@ def controlnet_train_size(pipe, denoiser, train_size, vae_scale_factor) -> tuple
     denoiser's training size (a ControlNet runs on the denoiser's latent)."""
     if train_size is not None:
         return train_size
-    from .integration import _vae_scale_factor, training_latent_size
-
-    factor = _vae_scale_factor(pipe, vae_scale_factor)
+    factor = vae_scale_factor_of(pipe, vae_scale_factor)
     height, width = training_latent_size(denoiser, pipe)
     return height * factor, width * factor
 
