@@ -168,7 +168,21 @@ class EntropyAttnHandle:
                 self._fused[name] = fused
                 module.set_processor(mine)
 
-    def _newest_with(self, attribute: str) -> bool:
+    def layer_module(self, name: str) -> torch.nn.Module:
+        """The attention module of an installed layer (qualified name)."""
+        return self._modules[name]
+
+    def attach_pag(self, pipe, found: tuple, ours: tuple) -> None:
+        """Remember the PAG processors this call put on ``pipe`` (``ours``) over ``found``, so
+        that :meth:`disable` gives ``found`` back."""
+        self._pag = [pipe, found, ours]
+
+    def add_fixes(self, removables: list) -> None:
+        """Hooks and patches of ``positions=`` / ``redilate=`` (``.remove()``) that
+        :meth:`disable` removes."""
+        self._fixes += removables
+
+    def newest_with(self, attribute: str) -> bool:
         """Whether this handle is in force and the newest one in force that sets ``attribute``
         (a position preset, re-dilation): nested calls override, and the outer one resumes."""
         state = DenoiserState.of(self.denoiser)

@@ -266,14 +266,14 @@ def _install_pag(pipe, handle: EntropyAttnHandle, found: tuple) -> None:
     """PAG's processors in the pipeline become entropy-attn's: its guided chunks run through the
     layer's processor of ``handle`` (scale and recording), the perturbed chunk stays identity."""
     layers = {
-        handle._modules[name]: processor
+        handle.layer_module(name): processor
         for name, processor in handle.installed.items()
         if isinstance(processor, EntropyAttnProcessor | EntropyClassicAttnProcessor)
     }
     stock = tuple(p.stock if isinstance(p, EntropyPAGProcessor) else p for p in found)
     ours = tuple(EntropyPAGProcessor(p, layers) for p in stock)
     pipe._pag_attn_processors = ours
-    handle._pag = [pipe, found, ours]
+    handle.attach_pag(pipe, found, ours)
 
 
 def _select_none(name: str, attn: torch.nn.Module) -> bool:
@@ -317,16 +317,16 @@ def _install_fixes(handle, plan, positions, redilate, min_timestep, convs, exper
                 context = _positions.PositionsContext(
                     positions, _positions.train_extent(model, latent)
                 )
-                context.effective = lambda: handle._newest_with("positions")
+                context.effective = lambda: handle.newest_with("positions")
                 context.scale_in_force = lambda model=model: _scale_in_force(model)
-                handle._fixes += _positions.install(model, context)
+                handle.add_fixes(_positions.install(model, context))
         except Exception:
             handle.disable()  # nothing stays changed when enable raises
             raise
     if redilate:
         context = _redilation.RedilationContext(plan.train_latent, min_timestep)
-        context.effective = lambda: handle._newest_with("redilate")
-        handle._fixes += _redilation.install(denoiser, context, convs)
+        context.effective = lambda: handle.newest_with("redilate")
+        handle.add_fixes(_redilation.install(denoiser, context, convs))
 
 
 def _scale_in_force(denoiser) -> bool:
