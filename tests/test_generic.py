@@ -547,3 +547,16 @@ def test_recorded_entropy_of_a_masked_call_uses_the_mask(monkeypatch):
     for row, (masked, unmasked) in zip(rows, oracle, strict=True):
         assert abs(masked - unmasked) > 1e-3  # the mask matters here
         assert row["entropy"] == pytest.approx(masked, abs=1e-4)
+
+
+def test_cogvideox_training_size_and_frames_come_from_its_config():
+    """CogVideoXPipeline's defaults are the config's sample_height/sample_width x 8 and
+    sample_frames (so CogVideoX 1.5 configs bring their own); T is counted there."""
+    family = FAMILIES["CogVideoXTransformer3DModel"]
+    assert family.defaults(configs.load_config("cogvideox-5b", "transformer")) == ((480, 720), 49)
+    model = build("cogvideox")  # sample 8 x 8 latent, 8 frames: 64 x 64 px, 2 latent frames
+    handle = entropy_attn.enable(model, text_tokens=TEXT)
+    # Patch 2: 2 x 4 x 4 = 32 image tokens + 8 text tokens, joint.
+    assert set(handle.train_tokens.values()) == {40}
+    assert handle.train_latent_size == (8, 8)
+    entropy_attn.disable(model)

@@ -311,6 +311,25 @@ def test_sd3_interpolate_matches_hand_written_table(latent):
             _sd3_call(model, latent)  # stock SD3 cannot
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_sd3_with_a_preset_copies_and_pickles(how):
+    import copy
+    import pickle
+
+    model = _sd3()
+    options = dict(positions="interpolate", train_size=64, scale=False, text_tokens=3)
+    stock = _sd3_call(model, (16, 16))
+    entropy_attn.enable(model, **options)
+    want = _sd3_call(model, (16, 16))
+    twin = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert torch.equal(_sd3_call(twin, (16, 16)), want)
+    entropy_attn.disable(twin)
+    assert "cropped_pos_embed" not in twin.pos_embed.__dict__
+    assert torch.equal(_sd3_call(model, (16, 16)), want)
+    entropy_attn.disable(model)
+    assert torch.equal(_sd3_call(model, (16, 16)), stock)
+
+
 def test_sd3_identity_at_training_size_and_restore():
     model = _sd3()
     stock_train, stock_small = _sd3_call(model, (8, 8)), _sd3_call(model, (4, 8))

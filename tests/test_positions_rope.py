@@ -112,17 +112,20 @@ def forward(model, kwargs):
 # Hand-written references: frequencies per preset, and each embedder's layout
 
 
-def theta_freqs(dim, theta, preset, s, t):
-    """Rotary frequencies theta ** (-2k / dim) of one axis under a preset (factor s, t tokens)."""
+def theta_freqs(dim, theta, preset, s, t, step=1.0):
+    """Rotary frequencies step x theta ** (-2k / dim) of one axis (per token, positions ``step``
+    apart) under a preset (factor s, t tokens at the training size)."""
     out = []
     for k in range(dim // 2):
-        base = theta ** (-2 * k / dim)
+        base = step * theta ** (-2 * k / dim)
         if s <= 1:
             out.append(base)
         elif preset == "interpolate":
             out.append(base / s)
+        elif preset == "ntk" and dim == 2:  # one frequency: the base's 0-th power stays
+            out.append(base)
         elif preset == "ntk":
-            out.append(base if dim == 2 else (theta * s ** (dim / (dim - 2))) ** (-2 * k / dim))
+            out.append(step * (theta * s ** (dim / (dim - 2))) ** (-2 * k / dim))
         else:
             turns = t * base / (2 * math.pi)
             gamma = min(1.0, max(0.0, (turns - 1) / 31))
@@ -237,15 +240,18 @@ def reference(model, name, preset, train, big):
         embed.forward = video_forward
         return lambda: delattr(embed, "forward")
     if name == "cogvideox":
+        # CogVideoX 1.0's pipeline fits the grid into its config's (sample // patch = 4 x 4
+        # here), so at the training size (8 x 8 tokens) positions are 0.5 apart.
         p = model.config.patch_size
         head = model.config.attention_head_dim
         dims = (head // 4, head // 8 * 3, head // 8 * 3)
         t = (train[0], train[1] // p, train[2] // p)
         n = (big[0], big[1] // p, big[2] // p)
+        steps = (1.0, model.config.sample_height // p / t[1], model.config.sample_width // p / t[2])
         factors = [a / b for a, b in zip(n, t, strict=True)]
         freqs = [
-            theta_freqs(d, 10000.0, preset, s, length)
-            for d, s, length in zip(dims, factors, t, strict=True)
+            theta_freqs(d, 10000.0, preset, s, length, step)
+            for d, s, length, step in zip(dims, factors, t, steps, strict=True)
         ]
         rotary = real_layout(grid(*n), freqs, mscale_of(preset, factors))
         return rotary  # passed as image_rotary_emb to the stock model
@@ -425,8 +431,8 @@ def test_wan22_presets_reach_both_experts():
     options = dict(text_tokens=TEXT, train_size=128, train_frames=5, scale=False)
     with entropy_attn.enabled(pipe, positions="interpolate", **options):
         ours = [model.rope(hidden) for model in experts]
-    for (cos, sin), (stock_cos, _) in zip(ours, stock, strict=True):
-        assert torch.equal(cos, ours[0][0]) and torch.equal(sin, ours[0][1])
+    assert torch.equal(ours[1][0], ours[0][0]) and torch.equal(ours[1][1], ours[0][1])
+    for (cos, _), (stock_cos, _) in zip(ours, stock, strict=True):
         assert (cos - stock_cos).abs().max() > 1e-3
     assert [hooks_state(model) for model in experts] == before
 
@@ -441,3 +447,55 @@ def test_backbones_without_rotary_positions_are_refused_naming_the_argument():
     model = build("qwen-image", use_layer3d_rope=True)
     with pytest.raises(ValueError, match="QwenEmbedLayer3DRope has no preset"):
         entropy_attn.enable(model, positions="yarn", **train_options(model, "qwen-image"))
+
+
+def copied(model, how):
+    import copy
+    import pickle
+
+    return copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", ["flux2", "z-image", "wan-t2v", "ltx-video", "cogvideox"])
+def test_a_model_with_a_preset_copies_and_pickles(name, how):
+    """Every way of installing (hooks with and without keyword arguments, the transformer's
+    pre-hooks, the Z-Image stand-in) survives deepcopy and pickle: the copy runs the preset on
+    its own, and disable on either leaves the other as it was."""
+    model = build(name)
+    _, _, big = latents(model)
+    stock = forward(model, inputs(model, name, big))
+    entropy_attn.enable(model, positions="yarn", scale=False, **train_options(model, name))
+    want = forward(model, inputs(model, name, big))
+    twin = copied(model, how)
+    assert torch.equal(forward(twin, inputs(twin, name, big)), want)
+    entropy_attn.disable(twin)
+    assert torch.equal(forward(twin, inputs(twin, name, big)), stock)
+    assert torch.equal(forward(model, inputs(model, name, big)), want)
+    entropy_attn.disable(model)
+    assert torch.equal(forward(model, inputs(model, name, big)), stock)
+
+
+def test_presets_are_refused_under_context_parallelism():
+    """Under diffusers' context parallelism each rank sees a slice of the positions (and of the
+    rotary embedding), so a preset would scale by a per-rank size: enable refuses it, naming
+    the argument, and a preset enabled before enable_parallelism raises where it would apply."""
+    parallel = SimpleNamespace(
+        context_parallel_config=SimpleNamespace(ring_degree=1, ulysses_degree=2)
+    )
+    model = build("wan-t2v")
+    options = dict(train_options(model, "wan-t2v"), scale=False)
+    model._parallel_config = parallel
+    with pytest.raises(ValueError, match="positions='ntk' cannot run under context parallel"):
+        entropy_attn.enable(model, positions="ntk", **options)
+    assert not model.rope._forward_hooks
+    model._parallel_config = None
+    with entropy_attn.enabled(model, positions="ntk", **options):
+        model._parallel_config = parallel
+        assert torch.equal(
+            model.rope(torch.zeros(1, 4, *VIDEO_TRAIN))[0],
+            build("wan-t2v").rope(torch.zeros(1, 4, *VIDEO_TRAIN))[0],
+        )
+        with pytest.raises(RuntimeError, match="positions='ntk' cannot run under context"):
+            model.rope(torch.zeros(1, 4, *VIDEO_BIG))
+        model._parallel_config = None

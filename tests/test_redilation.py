@@ -161,6 +161,22 @@ def test_lifecycle_restores_convs_and_user_hooks_and_nests():
     user.remove()
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_redilated_unet_copies_and_pickles(how):
+    import pickle
+
+    unet = _unet()
+    stock = _call(unet, (16, 16), 900)
+    entropy_attn.enable(unet, redilate=True, **OPTIONS)
+    want = _call(unet, (16, 16), 900)
+    twin = copy.deepcopy(unet) if how == "deepcopy" else pickle.loads(pickle.dumps(unet))
+    assert torch.equal(_call(twin, (16, 16), 900), want)
+    entropy_attn.disable(twin)
+    assert torch.equal(_call(twin, (16, 16), 900), stock)
+    assert torch.equal(_call(unet, (16, 16), 900), want)
+    entropy_attn.disable(unet)
+
+
 def test_redilation_arguments_are_checked():
     unet = _unet()
     with pytest.raises(ValueError, match="redilate_blocks is given but redilate is False"):

@@ -111,7 +111,7 @@ def _training_size(model, factor: int, train_size) -> tuple[int, int]:
     denoiser = find_denoiser(model)
     family = family_of(denoiser)
     if family is not None:
-        height, width = family.train_size
+        height, width = family.defaults(denoiser.config)[0]
     else:
         latent = training_latent_size(denoiser, None if denoiser is model else model)
         height, width = latent[0] * factor, latent[1] * factor

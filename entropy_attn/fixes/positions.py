@@ -26,7 +26,9 @@ models frames).
   attention temperature, logits times ``(0.1 ln s + 1) ** 2`` (applied, as YaRN's code does, to
   the rotary cos/sin, so q and k each carry ``0.1 ln s + 1``), with ``s`` the largest per-axis
   factor. The temperature and entropy-attn's scale are never both applied: while an enable call
-  with the scale on is in force on the denoiser, the scale replaces the temperature.
+  with the scale on is in force on the denoiser, the scale replaces the temperature. Where a
+  backbone rotates only its image tokens (HunyuanVideo, CogVideoX), image-text logits get the
+  multiplier once and text-text logits not at all.
 
 A RoPE preset changes the embedding *function* of an axis (its frequencies), so it applies to
 every token that carries a position on that axis: text tokens placed on the image axes (Qwen-Image
@@ -50,6 +52,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from .hooks import BoundHook, always, never
 
 PRESETS = ("stock", "interpolate", "ntk", "yarn")
 ROPE_PRESETS = ("interpolate", "ntk", "yarn")
@@ -132,8 +136,11 @@ class PositionsContext:
     def __init__(self, preset: str, train_extent: tuple[float, ...]) -> None:
         self.preset = preset
         self.train_extent = tuple(float(t) for t in train_extent)
-        self.effective: Callable[[], bool] = lambda: True
-        self.scale_in_force: Callable[[], bool] = lambda: False
+        # Set by enable to picklable callables (functools.partial of module-level functions
+        # and methods), so a model with a preset still deep-copies and pickles.
+        self.effective: Callable[[], bool] = always
+        self.scale_in_force: Callable[[], bool] = never
+        self.model: torch.nn.Module | None = None  # the denoiser (context parallelism check)
         # The image's extent in the denoiser forward now running, where the embedder is called
         # once for the image and once for the text (FLUX.2, Z-Image): both calls then carry the
         # same preset and YaRN temperature, as one call over all tokens would.
@@ -150,7 +157,15 @@ class PositionsContext:
         if not self.effective():
             return None
         factors = self.factors(self.forward_extent or extent)
-        return factors if max(factors) > 1.0 else None
+        if max(factors) <= 1.0:
+            return None
+        if context_parallel(self.model):
+            raise RuntimeError(
+                f"positions={self.preset!r} cannot run under context parallelism (each rank "
+                "sees a slice of the positions): call disable_parallelism(), or enable "
+                "entropy-attn with positions='stock'"
+            )
+        return factors
 
     def frequencies(self, stock: list[torch.Tensor], axes: dict[int, tuple]) -> list:
         """Each embedder axis's frequencies under the preset; ``axes`` maps an axis of
@@ -168,6 +183,14 @@ class PositionsContext:
         if self.preset != "yarn" or self.scale_in_force():
             return 1.0
         return yarn_mscale(max(factors))
+
+
+def context_parallel(model) -> bool:
+    """Whether diffusers' ``enable_parallelism`` split this model's sequence over ranks."""
+    config = getattr(getattr(model, "_parallel_config", None), "context_parallel_config", None)
+    if config is None:
+        return False
+    return int(config.ring_degree) * int(config.ulysses_degree) > 1
 
 
 def _axis_map(axes: tuple[int, ...], factors: tuple[float, ...]) -> dict[int, tuple]:
@@ -224,78 +247,66 @@ def _default_theta(module) -> float:
 # longer than at the training size, and returns None (the output untouched) otherwise.
 
 
-def _ids_rope(module, context: PositionsContext):
+def _ids_rope(context: PositionsContext, module, args, output):
     """FLUX.1, FLUX.2 and Chroma: ``ids (L, axes) -> (cos, sin)``, image rows and columns on id
     axes 1 and 2 (FLUX.2's fourth axis and FLUX.1's first keep their frequencies)."""
-
-    def hook(module, args, output):
-        ids = args[0] if args else None
-        if ids is None or ids.dim() != 2:
-            return None
-        pos = ids.float()
-        extent = tuple(float(pos[:, axis].max()) + 1.0 for axis in (1, 2))
-        factors = context.changes(extent)
-        if factors is None:
-            return None
-        dtype = _freqs_dtype(ids.device)
-        stock = [
-            theta_frequencies(int(dim), float(module.theta)).to(ids.device, dtype)
-            for dim in module.axes_dim
-        ]
-        freqs = context.frequencies(stock, _axis_map((1, 2), factors))
-        positions = [pos[:, axis] for axis in range(len(stock))]
-        cos, sin = _real_rope(positions, freqs, context.mscale(factors))
-        return cos.to(output[0].device), sin.to(output[1].device)
-
-    return hook
+    ids = args[0] if args else None
+    if ids is None or ids.dim() != 2:
+        return None
+    pos = ids.float()
+    extent = tuple(float(pos[:, axis].max()) + 1.0 for axis in (1, 2))
+    factors = context.changes(extent)
+    if factors is None:
+        return None
+    dtype = _freqs_dtype(ids.device)
+    stock = [
+        theta_frequencies(int(dim), float(module.theta)).to(ids.device, dtype)
+        for dim in module.axes_dim
+    ]
+    freqs = context.frequencies(stock, _axis_map((1, 2), factors))
+    positions = [pos[:, axis] for axis in range(len(stock))]
+    cos, sin = _real_rope(positions, freqs, context.mscale(factors))
+    return cos.to(output[0].device), sin.to(output[1].device)
 
 
-def _wan_rope(module, context: PositionsContext):
+def _wan_rope(context: PositionsContext, module, args, output):
     """Wan 2.1/2.2: ``hidden_states (B, C, F, H, W) -> (cos, sin)`` of shape ``(1, L, 1, D)``,
     axes frames / rows / columns of ``t_dim``/``h_dim``/``w_dim`` dims."""
-
-    def hook(module, args, output):
-        frames, height, width = args[0].shape[2:]
-        p_t, p_h, p_w = module.patch_size
-        extent = (frames // p_t, height // p_h, width // p_w)
-        factors = context.changes(extent)
-        if factors is None:
-            return None
-        device = args[0].device
-        dtype = _freqs_dtype(device)
-        theta = _default_theta(module)
-        dims = (module.t_dim, module.h_dim, module.w_dim)
-        stock = [theta_frequencies(int(d), theta).to(device, dtype) for d in dims]
-        freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
-        cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
-        shape = (1, cos.shape[0], 1, cos.shape[1])
-        return cos.reshape(shape).to(output[0].device), sin.reshape(shape).to(output[1].device)
-
-    return hook
+    frames, height, width = args[0].shape[2:]
+    p_t, p_h, p_w = module.patch_size
+    extent = (frames // p_t, height // p_h, width // p_w)
+    factors = context.changes(extent)
+    if factors is None:
+        return None
+    device = args[0].device
+    dtype = _freqs_dtype(device)
+    theta = _default_theta(module)
+    dims = (module.t_dim, module.h_dim, module.w_dim)
+    stock = [theta_frequencies(int(d), theta).to(device, dtype) for d in dims]
+    freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
+    cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+    shape = (1, cos.shape[0], 1, cos.shape[1])
+    return cos.reshape(shape).to(output[0].device), sin.reshape(shape).to(output[1].device)
 
 
-def _hunyuan_video_rope(module, context: PositionsContext):
+def _hunyuan_video_rope(context: PositionsContext, module, args, output):
     """HunyuanVideo: ``hidden_states (B, C, F, H, W) -> (cos, sin)`` of shape ``(L, D)``."""
-
-    def hook(module, args, output):
-        frames, height, width = args[0].shape[2:]
-        p, p_t = module.patch_size, module.patch_size_t
-        extent = (frames // p_t, height // p, width // p)
-        factors = context.changes(extent)
-        if factors is None:
-            return None
-        device = args[0].device
-        dtype = _freqs_dtype(device)
-        theta = float(module.theta)
-        stock = [theta_frequencies(int(d), theta).to(device, dtype) for d in module.rope_dim]
-        freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
-        cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
-        return cos.to(output[0].device), sin.to(output[1].device)
-
-    return hook
+    frames, height, width = args[0].shape[2:]
+    p, p_t = module.patch_size, module.patch_size_t
+    extent = (frames // p_t, height // p, width // p)
+    factors = context.changes(extent)
+    if factors is None:
+        return None
+    device = args[0].device
+    dtype = _freqs_dtype(device)
+    theta = float(module.theta)
+    stock = [theta_frequencies(int(d), theta).to(device, dtype) for d in module.rope_dim]
+    freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
+    cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+    return cos.to(output[0].device), sin.to(output[1].device)
 
 
-def _ltx_video_rope(module, context: PositionsContext):
+def _ltx_video_rope(context: PositionsContext, module, args, kwargs, output):
     """LTX-Video: angle ``f_k (2 g - 1)`` per axis with ``f_k = (pi / 2) theta ** (k / (K - 1))``
     and ``g`` the position in units of the base size (``rope_interpolation_scale`` x patch /
     base, or ``video_coords / base``); the constant ``-f_k`` cancels between query and key, so
@@ -303,101 +314,92 @@ def _ltx_video_rope(module, context: PositionsContext):
     rescales each ``f_k`` by the ratio it applies to that per-token frequency. Layout: frequency
     major, axes (frames, rows, columns) inner, repeated for (real, imaginary), and ``dim % 6``
     pass-through columns first."""
-
-    def hook(module, args, kwargs, output):
-        bound = _bound(module, args, kwargs).arguments
-        hidden = bound["hidden_states"]
-        coords = bound.get("video_coords")
-        base = (module.base_num_frames, module.base_height, module.base_width)
-        if coords is None:
-            if bound.get("num_frames") is None:
-                return None
-            extent = (int(bound["num_frames"]), int(bound["height"]), int(bound["width"]))
-            grid = torch.stack(_grid(extent, hidden.device, torch.float64))  # (3, L)
-            scale = bound.get("rope_interpolation_scale")
-            if scale is not None:
-                patches = (module.patch_size_t, module.patch_size, module.patch_size)
-                step = [float(scale[i]) * patches[i] / base[i] for i in range(3)]
-            else:
-                step = [1.0, 1.0, 1.0]
-            grid = grid * torch.tensor(step, dtype=torch.float64, device=hidden.device)[:, None]
-            grid = grid[None].expand(hidden.shape[0], -1, -1)  # (B, 3, L)
-        else:
-            grid = torch.stack([coords[:, i].double() / base[i] for i in range(3)], dim=1)
-            extent = tuple(int(torch.unique(coords[0, i]).numel()) for i in range(3))
-            step = []
-            for i in range(3):
-                values = grid[0, i]
-                span = float(values.max() - values.min())
-                step.append(span / (extent[i] - 1) if extent[i] > 1 else 1.0)
-        factors = context.changes(extent)
-        if factors is None:
+    bound = _bound(module, args, kwargs).arguments
+    hidden = bound["hidden_states"]
+    coords = bound.get("video_coords")
+    base = (module.base_num_frames, module.base_height, module.base_width)
+    if coords is None:
+        if bound.get("num_frames") is None:
             return None
-        count = module.dim // 6
-        k = torch.arange(count, dtype=torch.float64, device=hidden.device)
-        base_freqs = (math.pi / 2.0) * module.theta ** (k / max(count - 1, 1))
-        per_token = [2.0 * base_freqs * step[i] for i in range(3)]
-        scaled = context.frequencies(per_token, _axis_map((0, 1, 2), factors))
-        # (B, 3, L, K): angle of axis i, token, frequency; then frequency-major as stock.
-        angles = torch.stack(
-            [
-                (base_freqs * (new / old))[None, None, :] * (grid[:, i, :, None] * 2.0 - 1.0)
-                for i, (new, old) in enumerate(zip(scaled, per_token, strict=True))
-            ],
-            dim=1,
-        )
-        angles = angles.permute(0, 2, 3, 1).flatten(2)  # (B, L, K * 3)
-        mscale = context.mscale(factors)
-        cos = angles.cos().float().repeat_interleave(2, dim=-1)
-        sin = angles.sin().float().repeat_interleave(2, dim=-1)
-        pad = module.dim % 6
-        if pad:
-            cos = torch.cat([torch.ones_like(cos[..., :pad]), cos], dim=-1)
-            sin = torch.cat([torch.zeros_like(sin[..., :pad]), sin], dim=-1)
-        cos, sin = cos * mscale, sin * mscale
-        return cos.to(output[0].device), sin.to(output[1].device)
+        extent = (int(bound["num_frames"]), int(bound["height"]), int(bound["width"]))
+        grid = torch.stack(_grid(extent, hidden.device, torch.float64))  # (3, L)
+        scale = bound.get("rope_interpolation_scale")
+        if scale is not None:
+            patches = (module.patch_size_t, module.patch_size, module.patch_size)
+            step = [float(scale[i]) * patches[i] / base[i] for i in range(3)]
+        else:
+            step = [1.0, 1.0, 1.0]
+        grid = grid * torch.tensor(step, dtype=torch.float64, device=hidden.device)[:, None]
+        grid = grid[None].expand(hidden.shape[0], -1, -1)  # (B, 3, L)
+    else:
+        grid = torch.stack([coords[:, i].double() / base[i] for i in range(3)], dim=1)
+        extent = tuple(int(torch.unique(coords[0, i]).numel()) for i in range(3))
+        step = []
+        for i in range(3):
+            values = grid[0, i]
+            span = float(values.max() - values.min())
+            step.append(span / (extent[i] - 1) if extent[i] > 1 else 1.0)
+    factors = context.changes(extent)
+    if factors is None:
+        return None
+    count = module.dim // 6
+    k = torch.arange(count, dtype=torch.float64, device=hidden.device)
+    base_freqs = (math.pi / 2.0) * module.theta ** (k / max(count - 1, 1))
+    per_token = [2.0 * base_freqs * step[i] for i in range(3)]
+    scaled = context.frequencies(per_token, _axis_map((0, 1, 2), factors))
+    # (B, 3, L, K): angle of axis i, token, frequency; then frequency-major as stock.
+    angles = torch.stack(
+        [
+            (base_freqs * (new / old))[None, None, :] * (grid[:, i, :, None] * 2.0 - 1.0)
+            for i, (new, old) in enumerate(zip(scaled, per_token, strict=True))
+        ],
+        dim=1,
+    )
+    angles = angles.permute(0, 2, 3, 1).flatten(2)  # (B, L, K * 3)
+    mscale = context.mscale(factors)
+    cos = angles.cos().float().repeat_interleave(2, dim=-1)
+    sin = angles.sin().float().repeat_interleave(2, dim=-1)
+    pad = module.dim % 6
+    if pad:
+        cos = torch.cat([torch.ones_like(cos[..., :pad]), cos], dim=-1)
+        sin = torch.cat([torch.zeros_like(sin[..., :pad]), sin], dim=-1)
+    cos, sin = cos * mscale, sin * mscale
+    return cos.to(output[0].device), sin.to(output[1].device)
 
-    return hook
 
-
-def _qwen_image_rope(module, context: PositionsContext):
+def _qwen_image_rope(context: PositionsContext, module, args, kwargs, output):
     """Qwen-Image: ``(video_fhw, device, max_txt_seq_len) -> (image, text)`` complex rotations;
     image rows and columns centred (``scale_rope``), text on the diagonal after the image."""
-
-    def hook(module, args, kwargs, output):
-        bound = _bound(module, args, kwargs).arguments
-        video_fhw = bound["video_fhw"]
-        if isinstance(video_fhw, list):  # as stock: a batch shares the first sample's shapes
-            video_fhw = video_fhw[0]
-        if not isinstance(video_fhw, list):
-            video_fhw = [video_fhw]
-        first = video_fhw[0]
-        factors = context.changes((first[1], first[2]))
-        if factors is None:
-            return None
-        device = output[0].device
-        dtype = _freqs_dtype(device)
-        stock = [
-            theta_frequencies(int(d), float(module.theta)).to(device, dtype)
-            for d in module.axes_dim
-        ]
-        freqs = context.frequencies(stock, _axis_map((1, 2), factors))
-        mscale = context.mscale(factors)
-        images, last = [], 0
-        for index, (frame, height, width) in enumerate(video_fhw):
-            positions = _grid((frame, height, width), device, dtype)
-            positions[0] = positions[0] + index
-            if module.scale_rope:
-                positions[1] = positions[1] - (height - height // 2)
-                positions[2] = positions[2] - (width - width // 2)
-                last = max(height // 2, width // 2, last)
-            else:
-                last = max(height, width, last)
-            images.append(_complex_rope(positions, freqs, mscale))
-        text = torch.arange(int(bound["max_txt_seq_len"]), device=device, dtype=dtype) + last
-        return torch.cat(images, dim=0), _complex_rope([text] * 3, freqs, mscale)
-
-    return hook
+    bound = _bound(module, args, kwargs).arguments
+    video_fhw = bound["video_fhw"]
+    if isinstance(video_fhw, list):  # as stock: a batch shares the first sample's shapes
+        video_fhw = video_fhw[0]
+    if not isinstance(video_fhw, list):
+        video_fhw = [video_fhw]
+    first = video_fhw[0]
+    factors = context.changes((first[1], first[2]))
+    if factors is None:
+        return None
+    device = output[0].device
+    dtype = _freqs_dtype(device)
+    stock = [
+        theta_frequencies(int(d), float(module.theta)).to(device, dtype) for d in module.axes_dim
+    ]
+    freqs = context.frequencies(stock, _axis_map((1, 2), factors))
+    mscale = context.mscale(factors)
+    images, last = [], 0
+    for index, (frame, height, width) in enumerate(video_fhw):
+        positions = _grid((frame, height, width), device, dtype)
+        positions[0] = positions[0] + index
+        if module.scale_rope:
+            positions[1] = positions[1] - (height - height // 2)
+            positions[2] = positions[2] - (width - width // 2)
+            last = max(height // 2, width // 2, last)
+        else:
+            last = max(height, width, last)
+        images.append(_complex_rope(positions, freqs, mscale))
+    text = torch.arange(int(bound["max_txt_seq_len"]), device=device, dtype=dtype) + last
+    return torch.cat(images, dim=0), _complex_rope([text] * 3, freqs, mscale)
 
 
 class _ZImageRope:
@@ -409,6 +411,10 @@ class _ZImageRope:
         self.previous, self.context = previous, context
 
     def __getattr__(self, name):
+        # Only what is not ours goes to the embedder it stands in for (copy and pickle look
+        # attributes up on a half-built instance, before ``previous`` exists).
+        if name in ("previous", "context") or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self.previous, name)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -426,44 +432,68 @@ class _ZImageRope:
         return _complex_rope(positions, freqs, self.context.mscale(factors))
 
 
-def _cogvideox_rope(denoiser, context: PositionsContext):
+def _cogvideox_spacing(config, context: PositionsContext) -> tuple[float, float, float]:
+    """Position step per token (frames, rows, columns) at the training size, as CogVideoX's
+    pipeline makes it: 1.0 fits the grid into its config's (``sample_height // patch`` x
+    ``sample_width // patch``), so the step is that over the training extent (1 at the
+    pipeline's default size); 1.5 (``patch_size_t`` set) steps by 1."""
+    if config.patch_size_t:
+        return (1.0, 1.0, 1.0)
+    base = (config.sample_height // config.patch_size, config.sample_width // config.patch_size)
+    return (1.0, base[0] / context.train_extent[1], base[1] / context.train_extent[2])
+
+
+def _cogvideox_rope(context: PositionsContext, module, args, kwargs):
     """CogVideoX (rotary): the pipeline passes ``image_rotary_emb`` to the transformer, so a
-    pre-hook on the transformer replaces it where the preset applies, with positions ``0 ..
-    n - 1`` per axis (what its pipeline gives at the training size) under the preset, in
-    ``get_3d_rotary_pos_embed``'s layout: frames ``D / 4``, rows and columns ``3 D / 8`` dims,
-    theta 10000. A call without rotary embeddings is left alone."""
-    config = denoiser.config
+    pre-hook on the transformer replaces it where the preset applies: positions ``i x step``
+    per axis (:func:`_cogvideox_spacing`, what its pipeline gives at the training size) under
+    the preset, in ``get_3d_rotary_pos_embed``'s layout (frames ``D / 4``, rows and columns
+    ``3 D / 8`` dims, theta 10000). A call without rotary embeddings is left alone."""
+    bound = _bound(module, args, kwargs)
+    rotary = bound.arguments.get("image_rotary_emb")
+    if rotary is None:
+        return None
+    config = module.config
+    frames, _, height, width = bound.arguments["hidden_states"].shape[1:]
+    p, p_t = config.patch_size, config.patch_size_t
+    extent = ((frames + p_t - 1) // p_t if p_t else frames, height // p, width // p)
+    factors = context.changes(extent)
+    if factors is None:
+        return None
+    device = rotary[0].device
+    dtype = _freqs_dtype(device)
     head_dim = int(config.attention_head_dim)
     dims = (head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)
-
-    def hook(module, args, kwargs):
-        bound = _bound(module, args, kwargs)
-        rotary = bound.arguments.get("image_rotary_emb")
-        if rotary is None:
-            return None
-        frames, _, height, width = bound.arguments["hidden_states"].shape[1:]
-        p, p_t = config.patch_size, config.patch_size_t
-        extent = ((frames + p_t - 1) // p_t if p_t else frames, height // p, width // p)
-        factors = context.changes(extent)
-        if factors is None:
-            return None
-        device = rotary[0].device
-        dtype = _freqs_dtype(device)
-        stock = [theta_frequencies(d, 10000.0).to(device, dtype) for d in dims]
-        freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
-        cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
-        bound.arguments["image_rotary_emb"] = (cos.to(rotary[0].dtype), sin.to(rotary[1].dtype))
-        return bound.args, bound.kwargs
-
-    return hook
+    spacing = _cogvideox_spacing(config, context)
+    # Per-token frequencies (step x stock), so that YaRN counts turns over the training extent.
+    stock = [
+        theta_frequencies(d, 10000.0).to(device, dtype) * step
+        for d, step in zip(dims, spacing, strict=True)
+    ]
+    freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
+    cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+    bound.arguments["image_rotary_emb"] = (cos.to(rotary[0].dtype), sin.to(rotary[1].dtype))
+    return bound.args, bound.kwargs
 
 
-def _on_embedder(path: str, make: Callable, with_kwargs: bool = False) -> Callable:
+def _on_embedder(path: str, function: Callable, with_kwargs: bool = False) -> Callable:
+    """An installer: ``function(context, module, args, [kwargs,] output)`` as a forward hook
+    on the denoiser's submodule at ``path``."""
+
     def install(denoiser, context):
         module = _resolve(denoiser, path)
-        return [module.register_forward_hook(make(module, context), with_kwargs=with_kwargs)]
+        hook = BoundHook(function, context)
+        return [module.register_forward_hook(hook, with_kwargs=with_kwargs)]
 
     return install
+
+
+def _set_forward_extent(context, extent_of, module, args, kwargs) -> None:
+    context.forward_extent = extent_of(_bound(module, args, kwargs).arguments)
+
+
+def _clear_forward_extent(context, module, args, output) -> None:
+    context.forward_extent = None
 
 
 def _with_forward_extent(install: Callable, extent_of: Callable) -> Callable:
@@ -471,12 +501,8 @@ def _with_forward_extent(install: Callable, extent_of: Callable) -> Callable:
     inputs for the length of each forward (``extent_of(arguments)``, ``None``: unknown)."""
 
     def install_both(denoiser, context):
-        def before(module, args, kwargs):
-            context.forward_extent = extent_of(_bound(module, args, kwargs).arguments)
-
-        def after(module, args, output):
-            context.forward_extent = None
-
+        before = BoundHook(_set_forward_extent, context, extent_of)
+        after = BoundHook(_clear_forward_extent, context)
         return [
             denoiser.register_forward_pre_hook(before, with_kwargs=True),
             denoiser.register_forward_hook(after, always_call=True),
@@ -509,7 +535,7 @@ def _install_z_image(denoiser, context):
 
 
 def _install_cogvideox(denoiser, context):
-    hook = _cogvideox_rope(denoiser, context)
+    hook = BoundHook(_cogvideox_rope, context)
     return [denoiser.register_forward_pre_hook(hook, with_kwargs=True)]
 
 
@@ -588,30 +614,29 @@ ROPE_BACKBONES: dict[str, RopeBackbone] = {
 }
 
 
-def _sd3_crop(module, context: PositionsContext, previous):
+def _sd3_crop(module, context: PositionsContext, previous, height, width):
     """SD3's ``PatchEmbed.cropped_pos_embed`` with "interpolate": along an axis longer than at
     the training size, the training window (the centre ``t`` rows of the table, where stock
-    SD3 crops at the training size) resampled linearly at ``i * t / n``; other axes as stock."""
-
-    def cropped_pos_embed(height, width):
-        patches = (height // module.patch_size, width // module.patch_size)
-        factors = context.factors(patches)
-        if not context.effective() or max(factors) <= 1.0:
+    SD3 crops at the training size) resampled linearly at ``i * t / n``; other axes as stock
+    (``previous``: an instance attribute it stands over, else the class's method)."""
+    patches = (height // module.patch_size, width // module.patch_size)
+    factors = context.factors(patches)
+    if not context.effective() or max(factors) <= 1.0:
+        if previous is not None:
             return previous(height, width)
-        size = module.pos_embed_max_size
-        table = module.pos_embed.reshape(1, size, size, -1)
-        for axis, (n, t) in enumerate(zip(patches, context.train_extent, strict=True)):
-            index0, index1, weight = _axis_sampling(int(n), int(t), size, table.device)
-            dim = axis + 1
-            lower = table.index_select(dim, index0)
-            upper = table.index_select(dim, index1)
-            shape = [1, 1, 1, 1]
-            shape[dim] = -1
-            weight = weight.to(table.dtype).reshape(shape)
-            table = lower + (upper - lower) * weight
-        return table.reshape(1, -1, table.shape[-1])
-
-    return cropped_pos_embed
+        return type(module).cropped_pos_embed(module, height, width)
+    size = module.pos_embed_max_size
+    table = module.pos_embed.reshape(1, size, size, -1)
+    for axis, (n, t) in enumerate(zip(patches, context.train_extent, strict=True)):
+        index0, index1, weight = _axis_sampling(int(n), int(t), size, table.device)
+        dim = axis + 1
+        lower = table.index_select(dim, index0)
+        upper = table.index_select(dim, index1)
+        shape = [1, 1, 1, 1]
+        shape[dim] = -1
+        weight = weight.to(table.dtype).reshape(shape)
+        table = lower + (upper - lower) * weight
+    return table.reshape(1, -1, table.shape[-1])
 
 
 def _axis_sampling(n: int, t: int, size: int, device) -> tuple[torch.Tensor, ...]:
@@ -714,6 +739,13 @@ def install(denoiser: torch.nn.Module, context: PositionsContext) -> list:
     name = type(model).__name__
     if context.preset == "stock":
         return []
+    if context_parallel(model):
+        raise ValueError(
+            f"positions={context.preset!r} cannot run under context parallelism (each rank "
+            "sees a slice of the positions): keep positions='stock' there, or call "
+            "disable_parallelism() first"
+        )
+    context.model = model
     if name in ROPE_BACKBONES:
         return ROPE_BACKBONES[name].install(model, context)
     backbone = ABSOLUTE_BACKBONES[name]
@@ -725,10 +757,9 @@ def install(denoiser: torch.nn.Module, context: PositionsContext) -> list:
             f"positions={context.preset!r}: this {name} has no pos_embed_max_size (no cropped "
             "table), so its positions are PixArt-style and already interpolated"
         )
-    previous = embedder.cropped_pos_embed
-    return [
-        _AttributePatch(embedder, "cropped_pos_embed", backbone.patch(embedder, context, previous))
-    ]
+    previous = embedder.__dict__.get("cropped_pos_embed")  # someone's patch, else the method
+    patch = BoundHook(backbone.patch, embedder, context, previous)
+    return [_AttributePatch(embedder, "cropped_pos_embed", patch)]
 
 
 def train_extent(denoiser: torch.nn.Module, train_latent: tuple[int, int, int]) -> tuple:
@@ -749,6 +780,7 @@ __all__ = [
     "PositionsContext",
     "RopeBackbone",
     "check_preset",
+    "context_parallel",
     "install",
     "rope_frequencies",
     "scaled_frequencies",

@@ -29,6 +29,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .hooks import BoundHook, always
+
 DEFAULT_MIN_TIMESTEP = 600.0
 
 
@@ -87,7 +89,8 @@ class RedilationContext:
     def __init__(self, train_latent: tuple[int, int], min_timestep: float) -> None:
         self.train_latent = train_latent
         self.min_timestep = float(min_timestep)
-        self.effective: Callable[[], bool] = lambda: True
+        self.effective: Callable[[], bool] = always  # enable sets a picklable callable
+        self.saved: dict[int, tuple] = {}  # conv -> its settings, between its two hooks
         self.current: tuple[tuple[int, int], tuple[float, float]] | None = None
 
     def decide(self, height: int, width: int, timestep: float | None) -> None:
@@ -112,49 +115,51 @@ def _conv_output_size(conv: torch.nn.Conv2d, size: tuple[int, int]) -> tuple[int
     )
 
 
+def _on_unet(context: RedilationContext, module, args, kwargs) -> None:
+    sample = _sample_of(args, kwargs)
+    if isinstance(sample, torch.Tensor) and sample.dim() == 4:
+        context.decide(sample.shape[-2], sample.shape[-1], _timestep_of(args, kwargs))
+    else:
+        context.current = None
+
+
+def _before_conv(context: RedilationContext, conv, args):
+    if context.current is None or not context.effective():
+        return None
+    (dilation, resize), x = context.current, args[0]
+    stock_size = _conv_output_size(conv, tuple(x.shape[-2:]))
+    if resize != (1.0, 1.0):
+        size = tuple(round(n * f) for n, f in zip(x.shape[-2:], resize, strict=True))
+        x = F.interpolate(x, size=size, mode="bilinear")
+    context.saved[id(conv)] = (conv.dilation, conv.padding, stock_size)
+    conv.dilation = dilation
+    conv.padding = tuple(
+        d * p for d, p in zip(dilation, context.saved[id(conv)][1], strict=True)
+    )  # "same" padding of the dilated kernel
+    return (x, *args[1:])
+
+
+def _after_conv(context: RedilationContext, conv, args, output):
+    state = context.saved.pop(id(conv), None)
+    if state is None:
+        return None
+    conv.dilation, conv.padding, stock_size = state
+    if output is not None and tuple(output.shape[-2:]) != stock_size:
+        return F.interpolate(output, size=stock_size, mode="bilinear")
+    return None
+
+
 def install(
     unet: torch.nn.Module, context: RedilationContext, convs: dict[str, torch.nn.Conv2d]
 ) -> list:
     """Hooks: one on the UNet (reads the size and timestep of each call), two per conv (before:
     resize and dilate; after, always: undo the dilation, resize back). Returns removables."""
-
-    def on_unet(module, args, kwargs):
-        sample = _sample_of(args, kwargs)
-        if isinstance(sample, torch.Tensor) and sample.dim() == 4:
-            context.decide(sample.shape[-2], sample.shape[-1], _timestep_of(args, kwargs))
-        else:
-            context.current = None
-
-    removables = [unet.register_forward_pre_hook(on_unet, with_kwargs=True)]
-    saved: dict[int, tuple] = {}
-
-    def before(conv, args):
-        if context.current is None or not context.effective():
-            return None
-        (dilation, resize), x = context.current, args[0]
-        stock_size = _conv_output_size(conv, tuple(x.shape[-2:]))
-        if resize != (1.0, 1.0):
-            size = tuple(round(n * f) for n, f in zip(x.shape[-2:], resize, strict=True))
-            x = F.interpolate(x, size=size, mode="bilinear")
-        saved[id(conv)] = (conv.dilation, conv.padding, stock_size)
-        conv.dilation = dilation
-        conv.padding = tuple(
-            d * p for d, p in zip(dilation, saved[id(conv)][1], strict=True)
-        )  # "same" padding of the dilated kernel
-        return (x, *args[1:])
-
-    def after(conv, args, output):
-        state = saved.pop(id(conv), None)
-        if state is None:
-            return None
-        conv.dilation, conv.padding, stock_size = state
-        if output is not None and tuple(output.shape[-2:]) != stock_size:
-            return F.interpolate(output, size=stock_size, mode="bilinear")
-        return None
-
+    removables = [unet.register_forward_pre_hook(BoundHook(_on_unet, context), with_kwargs=True)]
     for conv in convs.values():
-        removables.append(conv.register_forward_pre_hook(before))
-        removables.append(conv.register_forward_hook(after, always_call=True))
+        removables.append(conv.register_forward_pre_hook(BoundHook(_before_conv, context)))
+        removables.append(
+            conv.register_forward_hook(BoundHook(_after_conv, context), always_call=True)
+        )
     return removables
 
 

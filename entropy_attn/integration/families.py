@@ -34,6 +34,9 @@ class Family:
         train_frames: the pipelines' default frame count (1 for image models).
         spatial: pixels per latent pixel; ``temporal``: frames per latent frame (video).
         pipeline: the diffusers pipeline class(es), for messages and the README.
+        from_config: ``config -> ((height, width), frames)`` where the pipelines take their
+            defaults from the model's config (CogVideoX: ``sample_height``/``sample_width`` x
+            the autoencoder factor, ``sample_frames``), else ``None``.
     """
 
     inputs: Callable[..., dict]
@@ -43,6 +46,14 @@ class Family:
     spatial: int = 8
     temporal: int = 1
     pipeline: str = ""
+    from_config: Callable[[dict], tuple[tuple[int, int], int]] | None = None
+
+    def defaults(self, config) -> tuple[tuple[int, int], int]:
+        """The pipelines' default ``(height, width)`` in pixels and frame count for a model of
+        this config: the training size and frames ``T`` is counted at."""
+        if self.from_config is not None:
+            return self.from_config(dict(config))
+        return self.train_size, self.train_frames
 
     @property
     def video(self) -> bool:
@@ -158,6 +169,13 @@ def _z_image(config, frames, height, width, text_tokens, make):
     }
 
 
+def _cogvideox_defaults(config) -> tuple[tuple[int, int], int]:
+    # CogVideoXPipeline: height = sample_height x 8, width = sample_width x 8, frames =
+    # sample_frames (1.0: 480 x 720, 49 frames; 1.5 configs carry their own).
+    size = (config["sample_height"] * 8, config["sample_width"] * 8)
+    return size, int(config["sample_frames"])
+
+
 FAMILIES: dict[str, Family] = {
     "WanTransformer3DModel": Family(
         _wan, 512, (480, 832), 81, spatial=8, temporal=4, pipeline="WanPipeline, WanImageToVideo"
@@ -169,7 +187,14 @@ FAMILIES: dict[str, Family] = {
         _ltx_video, 128, (512, 704), 161, spatial=32, temporal=8, pipeline="LTXPipeline"
     ),
     "CogVideoXTransformer3DModel": Family(
-        _cogvideox, 226, (480, 720), 49, spatial=8, temporal=4, pipeline="CogVideoXPipeline"
+        _cogvideox,
+        226,
+        (480, 720),
+        49,
+        spatial=8,
+        temporal=4,
+        pipeline="CogVideoXPipeline",
+        from_config=_cogvideox_defaults,
     ),
     "QwenImageTransformer2DModel": Family(
         _qwen_image, 512, (1024, 1024), pipeline="QwenImagePipeline"

@@ -21,6 +21,7 @@ happen.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -317,15 +318,16 @@ def _install_fixes(handle, plan, positions, redilate, min_timestep, convs, exper
                 context = _positions.PositionsContext(
                     positions, _positions.train_extent(model, latent)
                 )
-                context.effective = lambda: handle.newest_with("positions")
-                context.scale_in_force = lambda model=model: _scale_in_force(model)
+                # partials, not lambdas: the model with its hooks still deep-copies and pickles
+                context.effective = functools.partial(handle.newest_with, "positions")
+                context.scale_in_force = functools.partial(_scale_in_force, model)
                 handle.add_fixes(_positions.install(model, context))
         except Exception:
             handle.disable()  # nothing stays changed when enable raises
             raise
     if redilate:
         context = _redilation.RedilationContext(plan.train_latent, min_timestep)
-        context.effective = lambda: handle.newest_with("redilate")
+        context.effective = functools.partial(handle.newest_with, "redilate")
         handle.add_fixes(_redilation.install(denoiser, context, convs))
 
 

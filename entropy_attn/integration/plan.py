@@ -176,11 +176,12 @@ def _generic_factor(pipe, family, override) -> int:
     return family.spatial
 
 
-def generic_latent(family, factor, size, frames, what: str) -> tuple[int, int, int]:
-    """``(frames, height, width)`` of the latent for a size in pixels and a frame count."""
+def generic_latent(family, factor, size, frames, what: str, config) -> tuple[int, int, int]:
+    """``(frames, height, width)`` of the latent for a size in pixels and a frame count
+    (``None``: the pipelines' default for the model's ``config``)."""
     height, width = pixels_to_latent(size, factor, what)
     if frames is None:
-        frames = family.train_frames
+        frames = family.defaults(config)[1]
     frames = _frame_count(frames, what.replace("size", "frames"))
     if not family.video and frames != 1:
         raise ValueError(f"{what.replace('size', 'frames')}: an image model takes 1, got {frames}")
@@ -210,8 +211,8 @@ def _generic_plan(
         # the family's default; the digits-flux pipeline: 8) before the family's table.
         sample = getattr(pipe, "default_sample_size", None)
         own_size = isinstance(sample, int) and not isinstance(sample, bool) and sample >= 1
-        size = (sample * factor, sample * factor) if own_size else family.train_size
-    latent = generic_latent(family, factor, size, train_frames, "train_size")
+        size = (sample * factor, sample * factor) if own_size else family.defaults(model.config)[0]
+    latent = generic_latent(family, factor, size, train_frames, "train_size", model.config)
     modules = attention_modules(denoiser)
     excluded = _exclusion(exclude, modules)
     processors = {name: module.processor for name, module in modules.items()} | (processors or {})

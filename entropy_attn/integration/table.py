@@ -104,7 +104,7 @@ def _generic_layer_table(plan: Plan, size, frames, train_frames) -> list[LayerIn
     family = family_of(model)
     if frames is None:
         frames = train_frames
-    latent = generic_latent(family, plan.factor, size, frames, "size")
+    latent = generic_latent(family, plan.factor, size, frames, "size", model.config)
     now = probe_calls(model, latent, text_tokens=plan.text_tokens, classify=False)
     rows = []
     for name, calls in plan.calls.items():

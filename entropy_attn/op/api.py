@@ -26,7 +26,7 @@ from . import autoselect
 from .reference import attention_entropy, attention_logsumexp
 
 BACKENDS = ("auto", "triton", "torch")
-MAX_HEAD_DIM = 256  # the kernel's limit; kept equal to entropy_attn.kernels.MAX_HEAD_DIM by a test
+MAX_HEAD_DIM = 256  # the kernel's limit; a test keeps it equal to kernels/attention_fwd.py's
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TORCH_DTYPES = (*_KERNEL_DTYPES, torch.float64)
 # Scales above this are clamped to it on both backends (kept equal to the kernel's HARD_SCALE by a
