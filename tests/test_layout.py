@@ -256,3 +256,24 @@ def test_a_long_module_says_why_it_is_one_file():
     assert not unexplained, "split these, or say why not in the docstring:\n" + "\n".join(
         unexplained
     )
+
+
+def test_the_op_and_the_kernel_know_nothing_of_diffusers():
+    """STYLE.md habit 1: Triton code and the op layer import neither diffusers nor transformers
+    (anywhere in the module, lazily or not)."""
+    found = []
+    for name, path in source_modules().items():
+        inside = name.startswith(f"{PACKAGE}.op") or name.startswith(f"{PACKAGE}.kernels")
+        if not inside or path.is_dir():  # kernels/ itself is a namespace folder
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            for imported in names:
+                if imported.split(".")[0] in ("diffusers", "transformers"):
+                    found.append(f"{name}:{node.lineno} imports {imported}")
+    assert any(n.startswith(f"{PACKAGE}.op.") for n in source_modules()), "no op modules read"
+    assert not found, "\n".join(found)

@@ -38,6 +38,51 @@ def test_offline_quickstart_runs_as_written():
     )
 
 
+def python_blocks() -> list[tuple[int, str]]:
+    """Every ```python block of the README: (line, code)."""
+    text = README.read_text(encoding="utf-8")
+    return [
+        (text[: m.start()].count("\n") + 1, m.group(1))
+        for m in re.finditer(r"```python\n(.*?)```", text, re.DOTALL)
+    ]
+
+
+def test_every_readme_python_block_runs(monkeypatch):
+    """The blocks for a real model run too, with the download and the GPU swapped for the tiny
+    offline pipeline on the CPU (and 2 denoising steps): names, arguments and the enable /
+    disable sequence are checked as written."""
+    from diffusers import StableDiffusionPipeline
+
+    from entropy_attn.tiny.pipelines import tiny_sd_pipeline
+
+    call = StableDiffusionPipeline.__call__
+    monkeypatch.setattr(
+        StableDiffusionPipeline,
+        "from_pretrained",
+        classmethod(lambda cls, *a, **k: tiny_sd_pipeline()),
+    )
+    monkeypatch.setattr(StableDiffusionPipeline, "to", lambda self, *a, **k: self)
+    monkeypatch.setattr(
+        StableDiffusionPipeline,
+        "__call__",
+        lambda self, *a, **k: call(self, *a, **{**k, "num_inference_steps": 2}),
+    )
+    blocks = python_blocks()
+    assert len(blocks) >= 3
+    for line, code in blocks:
+        namespace = {"pipe": tiny_sd_pipeline()}  # the first screen's block takes the user's
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(code, f"{README}:{line}", "exec"), namespace)
+        pipe = namespace["pipe"]
+        assert namespace["image"].size[0] > 0, f"README line {line}: no image"
+        ours = any(
+            type(p).__module__.startswith("entropy_attn")
+            for p in pipe.unet.attn_processors.values()
+        )
+        # A block that disables leaves nothing of entropy-attn; one that does not, leaves it on.
+        assert ours == ("entropy_attn.disable(pipe)" not in code), f"README line {line}"
+
+
 DOCS = sorted((README.parent / "docs").glob("*.md"))
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
