@@ -499,3 +499,54 @@ def test_presets_are_refused_under_context_parallelism():
         with pytest.raises(RuntimeError, match="positions='ntk' cannot run under context"):
             model.rope(torch.zeros(1, 4, *VIDEO_BIG))
         model._parallel_config = None
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_ltx_video_coords_path_equals_the_interpolation_scale_path(preset):
+    """LTXConditionPipeline passes pixel coordinates (``video_coords``) instead of sizes and a
+    scale; the same coordinates give the same rotary embedding under a preset."""
+    model = build("ltx-video")
+    _, _, big = latents(model)
+    positions = torch.stack(grid(*big)).double()  # (3, L): frames, rows, columns
+    coords = positions * torch.tensor(LTX_SCALE, dtype=torch.float64)[:, None]
+    with_coords = dict(inputs(model, "ltx-video", big), video_coords=coords[None].float())
+    options = dict(train_options(model, "ltx-video"), scale=False)
+    with entropy_attn.enabled(model, positions=preset, **options):
+        from_scale = forward(model, inputs(model, "ltx-video", big, LTX_SCALE))
+        from_coords = forward(model, with_coords)
+    assert_close(from_coords, from_scale, atol=2e-5, rtol=2e-5, what=f"video_coords {preset}")
+    assert (from_coords - forward(model, with_coords)).abs().max() > 1e-4
+
+
+def test_cogvideox_15_presets_step_positions_by_one():
+    """CogVideoX 1.5 (``patch_size_t`` set): its pipeline slices positions 0, 1, ... from a
+    table of the config's size (and cannot build one past it), so above the training size the
+    caller passes its own rotary embedding (here: positions 0, 1, ... run on); a preset
+    replaces it, continuing the positions per axis, frames in steps of ``patch_size_t``."""
+    model = build("cogvideox", patch_size_t=2, sample_height=16, sample_width=16)
+    train, big = (2, 16, 16), (4, 26, 34)  # tokens: 1 x 8 x 8 -> 2 x 13 x 17
+    options = dict(train_options(model, "cogvideox"), scale=False)
+    head = model.config.attention_head_dim
+    dims = (head // 4, head // 8 * 3, head // 8 * 3)
+    t, n = (1, 8, 8), (2, 13, 17)
+    factors = [a / b for a, b in zip(n, t, strict=True)]
+
+    def rotary(preset):
+        freqs = [
+            theta_freqs(d, 10000.0, preset, s, length)
+            for d, s, length in zip(dims, factors, t, strict=True)
+        ]
+        return real_layout(grid(*n), freqs, mscale_of(preset, factors))
+
+    stock_train = forward(model, inputs(model, "cogvideox", train))
+    family = FAMILIES["CogVideoXTransformer3DModel"]
+    big_inputs = family.inputs(dict(model.config), *big, TEXT, maker(0))
+    big_inputs["image_rotary_emb"] = rotary("stock")
+    stock_big = forward(model, big_inputs)
+    for preset in PRESETS:
+        with entropy_attn.enabled(model, positions=preset, **options):
+            assert torch.equal(forward(model, inputs(model, "cogvideox", train)), stock_train)
+            ours = forward(model, big_inputs)
+        want = forward(model, dict(big_inputs, image_rotary_emb=rotary(preset)))
+        assert_close(ours, want, atol=2e-5, rtol=2e-5, what=f"1.5 {preset}")
+        assert (ours - stock_big).abs().max() > 1e-4
