@@ -1016,3 +1016,28 @@ def test_r2_item9_damaged_zoo_weights_give_one_line_and_exit_2(
     assert lines[0].startswith(f"entropy-attn {argv[0]}: ") and "Traceback" not in err
     assert "'digits-unet'" in lines[0] and str(damaged) in lines[0], lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_generate_with_the_size_fixes(tmp_path, capsys):
+    """--redilate / --positions / --no-scale are enable's options: the method's file says which,
+    re-dilation changes the image at 2x, and a fix the model has not is refused up front."""
+    # 4 DDIM steps: timesteps 751, 501, 251, 1 (re-dilation acts at >= 600, the first one)
+    common = ["generate", "--model", "tiny-sd", "--prompt", "a cat", "--steps", "4"]
+    code, out, _ = run(
+        [*common, "--size", "256", "--redilate", "--compare", "--out", tmp_path / "a"], capsys
+    )
+    assert code == 0, out
+    stem = tmp_path / "a" / "a-cat-256x256-seed0"
+    fixed = np.asarray(png(Path(f"{stem}-entropy-attn-redilate.png")), dtype=int)
+    assert np.abs(fixed - np.asarray(png(Path(f"{stem}-stock.png")), dtype=int)).max() > 0
+    code, out, _ = run([*common, "--size", "256", "--out", tmp_path / "b"], capsys)
+    assert code == 0
+    plain = np.asarray(png(tmp_path / "b" / "a-cat-256x256-seed0-entropy-attn.png"), dtype=int)
+    assert np.abs(fixed - plain).max() > 0, "re-dilation changed nothing at 2x"
+    code, _, err = run(
+        [*common, "--size", "256", "--positions", "yarn", "--out", tmp_path / "c"], capsys
+    )
+    assert code == 2 and "positions='yarn' does not apply to UNet2DConditionModel" in err
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.png"))
+    code, _, err = run([*common, "--size", "64", "--no-scale", "--out", tmp_path / "d"], capsys)
+    assert code == 2 and "--no-scale without --positions or --redilate" in err

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..fixes.positions import PRESETS
 from ..integration import enabled
-from ..science.evaluation import METHODS, format_size
+from ..science.evaluation import format_size
 from .common import (
+    CLIError,
     add_runtime_options,
     announce_out,
     check_out,
@@ -56,9 +58,39 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})"
     )
+    fixes = parser.add_argument_group(
+        "size fixes beside the scale (enable's options; docs/usage.md, Size fixes)"
+    )
+    fixes.add_argument(
+        "--positions",
+        choices=PRESETS,
+        default="stock",
+        help="position preset for RoPE DiTs ('interpolate' also SD3); default: stock",
+    )
+    fixes.add_argument(
+        "--redilate", action="store_true", help="UNets: ScaleCrafter's re-dilated convolutions"
+    )
+    fixes.add_argument(
+        "--no-scale",
+        action="store_true",
+        help="the fixes above without the paper's scale (needs --positions or --redilate)",
+    )
     add_runtime_options(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def enable_options(args: argparse.Namespace) -> tuple[str, dict]:
+    """The method's name (file names, labels) and ``enable``'s keyword arguments."""
+    if args.no_scale and args.positions == "stock" and not args.redilate:
+        raise CLIError("--no-scale without --positions or --redilate would generate stock")
+    options = {"positions": args.positions, "redilate": args.redilate, "scale": not args.no_scale}
+    name = "entropy-attn" + ("-no-scale" if args.no_scale else "")
+    if args.positions != "stock":
+        name += f"-{args.positions}"
+    if args.redilate:
+        name += "-redilate"
+    return name, options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     spec = args.model
     check_model_name(spec)
     require_prompts(spec, "generate")
+    ours, fixes = enable_options(args)
     device = resolve_device(args.device)
     dtype = model_dtype(spec, args.dtype, device)
     options = {"dtype": dtype, "device": device, "force": args.force}
@@ -77,16 +110,18 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out)
     pipe = load_pipeline(spec, device=device, dtype=dtype)
     check_sizes(pipe, [size], "--size", **options)
+    with enabled(pipe, **fixes):  # refuses a fix the model has not, before anything is drawn
+        pass
     out = make_out(args.out)
     announce_out(out)
-    methods = METHODS if args.compare else ("entropy-attn",)
+    methods = ("stock", ours) if args.compare else (ours,)
     stem = f"{slug(args.prompt)}-{format_size(size)}-seed{args.seed}"
     images = []
     for method in methods:
         start = time.perf_counter()
         label = f"{method} {format_size(size)}"
-        if method == "entropy-attn":
-            with enabled(pipe):
+        if method == ours:
+            with enabled(pipe, **fixes):
                 image = generate_image(
                     pipe, args.prompt, size, steps, args.seed, args.guidance_scale, label=label
                 )
