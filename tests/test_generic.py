@@ -480,6 +480,25 @@ def test_torch_compile_equals_eager_and_pickles():
     assert type(restored.stock) is type(processor.stock)
 
 
+def test_enable_leaves_the_stock_module_in_sys_modules():
+    # The rebound stock code runs over a copy of its module's globals; that copy once took the
+    # stock module's place in sys.modules (and its name: torch.compile then ran every layer with
+    # the first traced layer's interceptor).
+    import sys
+
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.transformers import transformer_wan
+
+    model = build("wan-t2v")
+    with entropy_attn.enabled(model, **train_options(model, "wan-t2v")):
+        run(model, "wan-t2v", VIDEO_OTHER)
+        function = model.blocks[0].attn1.processor._function
+    assert sys.modules[transformer_wan.__name__] is transformer_wan
+    assert transformer_wan.dispatch_attention_fn is dispatch_attention_fn
+    assert "__name__" not in function.__globals__
+    assert function.__globals__["dispatch_attention_fn"] is not dispatch_attention_fn
+
+
 def test_a_users_processor_is_refused_when_selected_and_kept_when_excluded():
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 

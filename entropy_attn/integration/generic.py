@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import json
-import sys
 import threading
 import types
 from dataclasses import dataclass
@@ -134,22 +132,22 @@ class _Functional:
         return getattr(torch.nn.functional, name)
 
 
-_SCOPES = itertools.count()
-
-
 def _rebound(function: types.FunctionType, dispatcher, sdpa) -> types.FunctionType:
     """``function`` over a copy of its globals in which ``dispatch_attention_fn`` and ``F``
     (SDPA only) are the given interceptors.
 
-    The copy is the namespace of a module of its own, registered in ``sys.modules``: torch.compile
-    refers to a function's globals through its module's name, which must lead to this copy (the
-    stock module's name would lead its guards to the real dispatcher).
+    The copy is a plain dict without ``__name__``, registered nowhere. torch.compile reads the
+    globals of a function it inlines as ``sys.modules[globals["__name__"]]`` when they have a
+    ``__name__`` (guards and its cache of traced values keyed by that name and the attribute),
+    else as the dict itself (keyed by its ``id``): only the latter tells the layers' copies apart.
+    Copies that kept the stock module's ``__name__`` took the stock module's place in
+    ``sys.modules``, and torch.compile traced every wrapped layer with the interceptor of the
+    first one it met (wrong scales: Wan's cross-attention got its self-attention's ``T``). An
+    entry in ``sys.modules`` under a name of its own would work too, but would keep every
+    wrapper alive for the life of the process.
     """
-    scope_module = types.ModuleType(f"{__name__}._scope{next(_SCOPES)}")
-    scope = scope_module.__dict__
-    scope.update(function.__globals__)
-    scope["__name__"] = scope_module.__name__
-    sys.modules[scope_module.__name__] = scope_module
+    scope = dict(function.__globals__)
+    scope.pop("__name__", None)
     if "dispatch_attention_fn" in scope:
         scope["dispatch_attention_fn"] = dispatcher
     if scope.get("F") is torch.nn.functional:
@@ -158,6 +156,8 @@ def _rebound(function: types.FunctionType, dispatcher, sdpa) -> types.FunctionTy
         function.__code__, scope, function.__name__, function.__defaults__, function.__closure__
     )
     rebound.__kwdefaults__ = function.__kwdefaults__
+    rebound.__module__ = function.__module__
+    rebound.__qualname__ = function.__qualname__
     return rebound
 
 
@@ -381,9 +381,9 @@ class EntropyDispatchProcessor(EntropyAttnBase):
         self.__dict__.update(state)
         self._counter = _CallCounter()
 
-    # torch.compile runs the layer eagerly (a graph break per layer): traced through the rebound
-    # stock code, the compiled model gave wrong numbers (Wan, CPU, torch 2.13: 3e-2 off at the
-    # training size), which is not understood yet.
+    # torch.compile runs the layer eagerly (a graph break per layer). Traced through the rebound
+    # stock code, the compiled model gave wrong numbers until _rebound's copies of the globals
+    # stopped taking the stock module's name (see there).
     @torch.compiler.disable
     def __call__(self, attn, *args, **kwargs):
         if len(self.calls) == 1:
