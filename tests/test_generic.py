@@ -480,6 +480,116 @@ def test_torch_compile_equals_eager_and_pickles():
     assert type(restored.stock) is type(processor.stock)
 
 
+def _explain(model, inputs):
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(**inputs, return_dict=False)
+    torch._dynamo.reset()
+    return explained
+
+
+@pytest.mark.parametrize("name", ["wan-t2v", "wan-i2v", "hunyuan-video"])
+def test_torch_compile_traces_the_wrapped_layers_with_each_layers_scale(name, monkeypatch):
+    # One graph, no graph break at the wrapped layers. The layers of a model share the stock code
+    # (Wan: attn1 rescaled, attn2 kept; HunyuanVideo: joint attention in two block kinds and its
+    # text refiner): each traces with its own T. Wan I2V's attn2 makes two calls and runs eagerly
+    # (a graph break). One compiled model at two sizes (a graph per key count): each equals
+    # eager, and at the other size the stock model with the scales counted by hand.
+    model = build(name)
+    family = FAMILIES[type(model).__name__]
+
+    def inputs(latent):
+        return family.inputs(dict(model.config), *latent, text_tokens(name), maker(0))
+
+    stock = _explain(model, inputs(VIDEO_OTHER))
+    expected = run_with_expected_scale(model, name, VIDEO_OTHER, monkeypatch)
+    outputs = {}
+    with torch.no_grad(), entropy_attn.enabled(model, **train_options(model, name)):
+        explained = _explain(model, inputs(VIDEO_OTHER))
+        compiled = torch.compile(model, backend="aot_eager")
+        for latent in (VIDEO_OTHER, VIDEO_TRAIN):
+            outputs[latent] = (
+                compiled(**inputs(latent), return_dict=False)[0],
+                model(**inputs(latent), return_dict=False)[0],
+            )
+    torch._dynamo.reset()
+    assert stock.graph_break_count == 0
+    if name == "wan-i2v":
+        assert explained.graph_break_count > 0
+        assert all("disable" in str(reason.reason) for reason in explained.break_reasons)
+    else:
+        assert explained.graph_break_count == 0 and explained.graph_count == 1
+    assert_close(outputs[VIDEO_OTHER][0], expected, atol=2e-6, rtol=2e-6, what="vs hand count")
+    for latent, (traced, eager) in outputs.items():
+        assert_close(traced, eager, atol=1e-5, rtol=1e-5, what=f"compiled vs eager at {latent}")
+
+
+def test_torch_compile_with_a_graph_break_inside_the_wrapped_layers(monkeypatch):
+    # A graph break inside a layer (forced here in entropy-attn's op; a user's attention backend
+    # may make one) has torch.compile compile the rebound stock code as a frame of its own, once
+    # per layer: Wan's attn1 and attn2 (the same stock code) must not share what it compiled.
+    from entropy_attn.integration import generic
+
+    dispatch = generic.dispatch
+
+    def breaking(*args, **kwargs):
+        torch._dynamo.graph_break()
+        return dispatch(*args, **kwargs)
+
+    monkeypatch.setattr(generic, "dispatch", breaking)
+    model = build("wan-t2v")
+    inputs = FAMILIES["WanTransformer3DModel"].inputs(
+        dict(model.config), *VIDEO_OTHER, TEXT, maker(0)
+    )
+    with torch.no_grad(), entropy_attn.enabled(model, **train_options(model, "wan-t2v")):
+        explained = _explain(model, inputs)
+        eager = model(**inputs, return_dict=False)[0]
+        compiled = torch.compile(model, backend="aot_eager")(**inputs, return_dict=False)[0]
+    torch._dynamo.reset()
+    assert explained.graph_break_count >= 2  # the break happened, in both layers
+    assert_close(compiled, eager, atol=1e-5, rtol=1e-5, what="compiled vs eager")
+
+
+def test_torch_compile_records_entropy_eagerly_per_layer():
+    # Recording runs each wrapped layer eagerly (a graph break per layer): the same rows as eager.
+    model = build("wan-i2v")
+    family = FAMILIES["WanTransformer3DModel"]
+    inputs = family.inputs(dict(model.config), *VIDEO_OTHER, 512, maker(0))
+    options = dict(train_options(model, "wan-i2v"), record_entropy=True)
+    with torch.no_grad(), entropy_attn.enabled(model, **options) as handle:
+        eager = model(**inputs, return_dict=False)[0]
+        eager_rows = handle.entropy_rows()
+        handle.reset_entropy()
+        compiled = torch.compile(model, backend="aot_eager")(**inputs, return_dict=False)[0]
+        compiled_rows = handle.entropy_rows()
+    torch._dynamo.reset()
+    assert_close(compiled, eager, atol=1e-5, rtol=1e-5, what="compiled vs eager")
+    assert len(compiled_rows) == len(eager_rows) == 3
+    for traced, row in zip(compiled_rows, eager_rows, strict=True):
+        assert {k: v for k, v in traced.items() if k != "entropy"} == {
+            k: v for k, v in row.items() if k != "entropy"
+        }
+        assert traced["entropy"] == pytest.approx(row["entropy"], rel=1e-6, abs=1e-6)
+
+
+def test_enable_leaves_the_stock_module_in_sys_modules():
+    # The rebound stock code runs over a copy of its module's globals; that copy once took the
+    # stock module's place in sys.modules (and its name: torch.compile then ran every layer with
+    # the first traced layer's interceptor).
+    import sys
+
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.transformers import transformer_wan
+
+    model = build("wan-t2v")
+    with entropy_attn.enabled(model, **train_options(model, "wan-t2v")):
+        run(model, "wan-t2v", VIDEO_OTHER)
+        function = model.blocks[0].attn1.processor._function
+    assert sys.modules[transformer_wan.__name__] is transformer_wan
+    assert transformer_wan.dispatch_attention_fn is dispatch_attention_fn
+    assert "__name__" not in function.__globals__
+    assert function.__globals__["dispatch_attention_fn"] is not dispatch_attention_fn
+
+
 def test_a_users_processor_is_refused_when_selected_and_kept_when_excluded():
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 

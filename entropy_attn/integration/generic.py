@@ -29,8 +29,8 @@ or ``"joint"`` when it has keys beyond them, text tokens as a rule (SD3/FLUX-sty
 joint attention, CogVideoX, Qwen-Image, HunyuanVideo); the paper's rule rescales these. A call
 whose keys do not grow with the image attends to text or image-encoder tokens (``"cross"``: Wan's
 text and I2V image cross-attention, LTX-Video's text cross-attention, HunyuanVideo's text
-refiner, Z-Image's caption refiner) and keeps its scale. Under ``torch.compile`` each wrapped
-layer runs eagerly (a graph break per layer; see :meth:`EntropyDispatchProcessor.__call__`).
+refiner, Z-Image's caption refiner) and keeps its scale. ``torch.compile`` traces the wrapped
+layers, all but three kinds (see :meth:`EntropyDispatchProcessor.__call__`).
 
 One file because its parts are one mechanism: the interceptor that rebinds a stock processor's
 dispatcher call, the processor that runs that rebound code with the scale, and the meta-device
@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import json
-import sys
 import threading
 import types
 from dataclasses import dataclass
@@ -134,30 +132,36 @@ class _Functional:
         return getattr(torch.nn.functional, name)
 
 
-_SCOPES = itertools.count()
-
-
 def _rebound(function: types.FunctionType, dispatcher, sdpa) -> types.FunctionType:
     """``function`` over a copy of its globals in which ``dispatch_attention_fn`` and ``F``
     (SDPA only) are the given interceptors.
 
-    The copy is the namespace of a module of its own, registered in ``sys.modules``: torch.compile
-    refers to a function's globals through its module's name, which must lead to this copy (the
-    stock module's name would lead its guards to the real dispatcher).
+    The copy is a plain dict without ``__name__``, registered nowhere. torch.compile reads the
+    globals of a function it inlines as ``sys.modules[globals["__name__"]]`` when they have a
+    ``__name__`` (guards and its cache of traced values keyed by that name and the attribute),
+    else as the dict itself (keyed by its ``id``): only the latter tells the layers' copies apart.
+    Copies that kept the stock module's ``__name__`` took the stock module's place in
+    ``sys.modules``, and torch.compile traced every wrapped layer with the interceptor of the
+    first one it met (wrong scales: Wan's cross-attention got its self-attention's ``T``). An
+    entry in ``sys.modules`` under a name of its own would work too, but would keep every
+    wrapper alive for the life of the process. The code object is a copy too (equal, not the
+    same): torch.compile keeps what it compiled for a frame on the frame's code object, and what
+    it compiled for one layer after a graph break inside the layer calls names it stored in that
+    layer's globals (another layer sharing the code object: ``NameError: __compiled_fn_...``).
     """
-    scope_module = types.ModuleType(f"{__name__}._scope{next(_SCOPES)}")
-    scope = scope_module.__dict__
-    scope.update(function.__globals__)
-    scope["__name__"] = scope_module.__name__
-    sys.modules[scope_module.__name__] = scope_module
+    scope = dict(function.__globals__)
+    scope.pop("__name__", None)
     if "dispatch_attention_fn" in scope:
         scope["dispatch_attention_fn"] = dispatcher
     if scope.get("F") is torch.nn.functional:
         scope["F"] = _Functional(sdpa)
+    code = function.__code__.replace()  # a copy (see above)
     rebound = types.FunctionType(
-        function.__code__, scope, function.__name__, function.__defaults__, function.__closure__
+        code, scope, function.__name__, function.__defaults__, function.__closure__
     )
     rebound.__kwdefaults__ = function.__kwdefaults__
+    rebound.__module__ = function.__module__
+    rebound.__qualname__ = function.__qualname__
     return rebound
 
 
@@ -347,7 +351,7 @@ class EntropyDispatchProcessor(EntropyAttnBase):
         self.calls = tuple(calls)
         self.rescale_calls = tuple(bool(on) for on in rescale)
         self._counter = _CallCounter()
-        self._function = None
+        self._function = self._rebound_stock()
 
     def __new__(cls, stock, *args, **kwargs):
         # diffusers' attention modules pass a processor only the keyword arguments that
@@ -363,13 +367,12 @@ class EntropyDispatchProcessor(EntropyAttnBase):
         options.pop("train_tokens", None)  # per call, in ``calls``
         return cls(stock, name, **options)
 
-    def _rebuilt(self):
-        if self._function is None:
-            interceptor = _Interceptor(self._on_call)
-            self._function = _rebound(
-                _stock_call(self.stock), interceptor.dispatcher, interceptor.sdpa
-            )
-        return self._function
+    def _rebound_stock(self):
+        """The stock ``__call__`` bound to this wrapper's interceptor. Built with the wrapper (and
+        on unpickling), never while torch.compile traces a call: making a function there is a
+        graph break."""
+        interceptor = _Interceptor(self._on_call)
+        return _rebound(_stock_call(self.stock), interceptor.dispatcher, interceptor.sdpa)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -380,19 +383,36 @@ class EntropyDispatchProcessor(EntropyAttnBase):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._counter = _CallCounter()
+        self._function = self._rebound_stock()
 
-    # torch.compile runs the layer eagerly (a graph break per layer): traced through the rebound
-    # stock code, the compiled model gave wrong numbers (Wan, CPU, torch 2.13: 3e-2 off at the
-    # training size), which is not understood yet.
-    @torch.compiler.disable
     def __call__(self, attn, *args, **kwargs):
+        # torch.compile traces the layer (no graph break): the rebound stock code, the scale
+        # (a constant of the graph, from the call's shapes: a graph per key count) and
+        # entropy-attn's op. Three cases run the layer eagerly, a graph break each, as every
+        # layer did before it was traceable: a layer that makes several attention calls (Wan
+        # I2V's cross-attention: image, then text), whose call count is thread-local, which
+        # torch.compile cannot guard; recording entropy (the recorder's bookkeeping would break
+        # the graph many times); diffusers' context parallelism (untested under torch.compile).
+        if (
+            len(self.calls) > 1
+            or self.recorder is not None
+            or getattr(self.stock, "_parallel_config", None) is not None
+        ):
+            return self._eager_call(attn, *args, **kwargs)
+        return self._call(attn, *args, **kwargs)
+
+    @torch.compiler.disable
+    def _eager_call(self, attn, *args, **kwargs):
+        return self._call(attn, *args, **kwargs)
+
+    def _call(self, attn, *args, **kwargs):
         if len(self.calls) == 1:
-            return self._rebuilt()(self.stock, attn, *args, **kwargs)
+            return self._function(self.stock, attn, *args, **kwargs)
         counter = self._counter
         outer = counter.index
         counter.index = 0
         try:
-            return self._rebuilt()(self.stock, attn, *args, **kwargs)
+            return self._function(self.stock, attn, *args, **kwargs)
         finally:
             counter.index = outer
 
