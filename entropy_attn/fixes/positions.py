@@ -242,6 +242,32 @@ def _default_theta(module) -> float:
     return float(theta)
 
 
+def _preset_frequencies(context, extent, axes, dims, theta, device, steps=None):
+    """``(factors, frequencies)`` of an embedder's axes under the preset, or ``None`` where the
+    preset changes nothing at ``extent`` (the image's extent along the embedder ``axes`` it
+    names). Stock frequencies are ``theta ** (-2k / d)`` per axis of ``dims``, times ``steps``
+    (positions that far apart per token) where given."""
+    factors = context.changes(extent)
+    if factors is None:
+        return None
+    dtype = _freqs_dtype(device)
+    stock = [theta_frequencies(int(d), float(theta)).to(device, dtype) for d in dims]
+    if steps is not None:
+        stock = [freqs * step for freqs, step in zip(stock, steps, strict=True)]
+    return factors, context.frequencies(stock, _axis_map(axes, factors))
+
+
+def _grid_rope(context, extent, dims, theta, device, steps=None):
+    """``(cos, sin)`` in FLUX's layout of a video grid (frames, rows, columns; positions ``0 ..
+    n - 1`` per axis) under the preset, or ``None`` where it changes nothing."""
+    found = _preset_frequencies(context, extent, (0, 1, 2), dims, theta, device, steps)
+    if found is None:
+        return None
+    factors, freqs = found
+    grid = _grid(extent, device, _freqs_dtype(device))
+    return _real_rope(grid, freqs, context.mscale(factors))
+
+
 # ---------------------------------------------------------------------------------------------
 # RoPE backbones: each hook recomputes its embedder's output for the preset where an axis is
 # longer than at the training size, and returns None (the output untouched) otherwise.
@@ -255,16 +281,11 @@ def _ids_rope(context: PositionsContext, module, args, output):
         return None
     pos = ids.float()
     extent = tuple(float(pos[:, axis].max()) + 1.0 for axis in (1, 2))
-    factors = context.changes(extent)
-    if factors is None:
+    found = _preset_frequencies(context, extent, (1, 2), module.axes_dim, module.theta, ids.device)
+    if found is None:
         return None
-    dtype = _freqs_dtype(ids.device)
-    stock = [
-        theta_frequencies(int(dim), float(module.theta)).to(ids.device, dtype)
-        for dim in module.axes_dim
-    ]
-    freqs = context.frequencies(stock, _axis_map((1, 2), factors))
-    positions = [pos[:, axis] for axis in range(len(stock))]
+    factors, freqs = found
+    positions = [pos[:, axis] for axis in range(len(freqs))]
     cos, sin = _real_rope(positions, freqs, context.mscale(factors))
     return cos.to(output[0].device), sin.to(output[1].device)
 
@@ -275,16 +296,11 @@ def _wan_rope(context: PositionsContext, module, args, output):
     frames, height, width = args[0].shape[2:]
     p_t, p_h, p_w = module.patch_size
     extent = (frames // p_t, height // p_h, width // p_w)
-    factors = context.changes(extent)
-    if factors is None:
-        return None
-    device = args[0].device
-    dtype = _freqs_dtype(device)
-    theta = _default_theta(module)
     dims = (module.t_dim, module.h_dim, module.w_dim)
-    stock = [theta_frequencies(int(d), theta).to(device, dtype) for d in dims]
-    freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
-    cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+    rotary = _grid_rope(context, extent, dims, _default_theta(module), args[0].device)
+    if rotary is None:
+        return None
+    cos, sin = rotary
     shape = (1, cos.shape[0], 1, cos.shape[1])
     return cos.reshape(shape).to(output[0].device), sin.reshape(shape).to(output[1].device)
 
@@ -294,15 +310,10 @@ def _hunyuan_video_rope(context: PositionsContext, module, args, output):
     frames, height, width = args[0].shape[2:]
     p, p_t = module.patch_size, module.patch_size_t
     extent = (frames // p_t, height // p, width // p)
-    factors = context.changes(extent)
-    if factors is None:
+    rotary = _grid_rope(context, extent, module.rope_dim, module.theta, args[0].device)
+    if rotary is None:
         return None
-    device = args[0].device
-    dtype = _freqs_dtype(device)
-    theta = float(module.theta)
-    stock = [theta_frequencies(int(d), theta).to(device, dtype) for d in module.rope_dim]
-    freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
-    cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+    cos, sin = rotary
     return cos.to(output[0].device), sin.to(output[1].device)
 
 
@@ -377,15 +388,14 @@ def _qwen_image_rope(context: PositionsContext, module, args, kwargs, output):
     if not isinstance(video_fhw, list):
         video_fhw = [video_fhw]
     first = video_fhw[0]
-    factors = context.changes((first[1], first[2]))
-    if factors is None:
-        return None
     device = output[0].device
+    found = _preset_frequencies(
+        context, (first[1], first[2]), (1, 2), module.axes_dim, module.theta, device
+    )
+    if found is None:
+        return None
+    factors, freqs = found
     dtype = _freqs_dtype(device)
-    stock = [
-        theta_frequencies(int(d), float(module.theta)).to(device, dtype) for d in module.axes_dim
-    ]
-    freqs = context.frequencies(stock, _axis_map((1, 2), factors))
     mscale = context.mscale(factors)
     images, last = [], 0
     for index, (frame, height, width) in enumerate(video_fhw):
@@ -419,16 +429,14 @@ class _ZImageRope:
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         extent = tuple(float(ids[:, axis].max()) + 1.0 for axis in (1, 2))
-        factors = self.context.changes(extent)
-        if factors is None:
-            return self.previous(ids)
-        dtype = _freqs_dtype(ids.device)
-        stock = [
-            theta_frequencies(int(d), float(self.previous.theta)).to(ids.device, dtype)
-            for d in self.previous.axes_dims
-        ]
-        freqs = self.context.frequencies(stock, _axis_map((1, 2), factors))
-        positions = [ids[:, axis] for axis in range(len(stock))]
+        embedder = self.previous
+        found = _preset_frequencies(
+            self.context, extent, (1, 2), embedder.axes_dims, embedder.theta, ids.device
+        )
+        if found is None:
+            return embedder(ids)
+        factors, freqs = found
+        positions = [ids[:, axis] for axis in range(len(freqs))]
         return _complex_rope(positions, freqs, self.context.mscale(factors))
 
 
@@ -457,21 +465,14 @@ def _cogvideox_rope(context: PositionsContext, module, args, kwargs):
     frames, _, height, width = bound.arguments["hidden_states"].shape[1:]
     p, p_t = config.patch_size, config.patch_size_t
     extent = ((frames + p_t - 1) // p_t if p_t else frames, height // p, width // p)
-    factors = context.changes(extent)
-    if factors is None:
-        return None
-    device = rotary[0].device
-    dtype = _freqs_dtype(device)
     head_dim = int(config.attention_head_dim)
     dims = (head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)
-    spacing = _cogvideox_spacing(config, context)
     # Per-token frequencies (step x stock), so that YaRN counts turns over the training extent.
-    stock = [
-        theta_frequencies(d, 10000.0).to(device, dtype) * step
-        for d, step in zip(dims, spacing, strict=True)
-    ]
-    freqs = context.frequencies(stock, _axis_map((0, 1, 2), factors))
-    cos, sin = _real_rope(_grid(extent, device, dtype), freqs, context.mscale(factors))
+    spacing = _cogvideox_spacing(config, context)
+    new = _grid_rope(context, extent, dims, 10000.0, rotary[0].device, spacing)
+    if new is None:
+        return None
+    cos, sin = new
     bound.arguments["image_rotary_emb"] = (cos.to(rotary[0].dtype), sin.to(rotary[1].dtype))
     return bound.args, bound.kwargs
 
